@@ -1,0 +1,1 @@
+"""Mendbot: diagnoses failed CI runs and posts the answer where people look."""

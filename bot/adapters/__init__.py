@@ -1,0 +1,1 @@
+"""Real implementations of the ports: the only code that does I/O."""

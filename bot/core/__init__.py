@@ -1,0 +1,1 @@
+"""Pure functions over plain data: no network, no environment, no clock, no files."""

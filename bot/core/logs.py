@@ -1,0 +1,254 @@
+"""Read CI logs of every supported shape into numbered, cleaned lines, streaming."""
+
+from __future__ import annotations
+
+import gzip
+import io
+import re
+import zipfile
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import BinaryIO
+
+# A line longer than this is cut: one 5 MB line must not cost 5 MB per copy downstream.
+MAX_LINE_BYTES = 16 * 1024
+# Zip caps: a run-logs archive is text, which compresses about 10:1; 200:1 is a bomb.
+MAX_ZIP_ENTRY_BYTES = 100 * 1024 * 1024
+MAX_ZIP_TOTAL_BYTES = 512 * 1024 * 1024
+MAX_ZIP_RATIO = 200
+
+ANSI_RE = re.compile(r"\x1b(?:\[[0-?]*[ -/]*[@-~]|\][^\x07\x1b]*(?:\x07|\x1b\\)?|[@-Z\\-_])")
+GHA_TIMESTAMP_RE = re.compile(r"^\ufeff?\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d+)?Z ?")
+# `gh run view --log` prefixes each line with "<job>\t<step>\t<timestamp> ".
+GH_RUN_VIEW_RE = re.compile(r"^([^\t]*)\t([^\t]*)\t(\ufeff?\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d+)?Z ?)")
+COMMAND_RE = re.compile(r"^##\[(group|endgroup|error|warning|notice|debug|command|section)\]")
+# `::error file=app.py,line=3::message` as echoed by a step; the runner shows it as ##[error].
+WORKFLOW_COMMAND_RE = re.compile(r"^::(error|warning|notice)(?: ([^:]*))?::(.*)$")
+CONTROL_RE = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+TRAVIS_FOLD_RE = re.compile(r"^travis_(?:fold|time):\S*")
+
+
+class LogError(ValueError):
+    """A log that cannot be read, with a message meant for a person."""
+
+
+@dataclass(frozen=True, slots=True)
+class LogLine:
+    """One line of a log: its original number, its cleaned text and where it was printed."""
+
+    number: int
+    text: str
+    job: str = ""
+    step: str = ""
+    marker: str = ""
+    truncated: bool = False
+
+
+def clean(raw: str) -> str:
+    """Strip what a reader never sees: ANSI codes, timestamps, overwritten CR segments, controls."""
+    text = raw.rstrip("\r\n")
+    if "\r" in text:
+        # A terminal shows only what follows the last carriage return.
+        segments = [s for s in text.split("\r") if ANSI_RE.sub("", s).strip()]
+        text = segments[-1] if segments else ""
+    if "\x1b" in text:
+        text = ANSI_RE.sub("", text)
+    text = GHA_TIMESTAMP_RE.sub("", text, count=1)
+    if TRAVIS_FOLD_RE.match(text):
+        text = ""
+    text = CONTROL_RE.sub("", text)
+    return text.rstrip()
+
+
+def read_raw_lines(stream: BinaryIO, max_line_bytes: int = MAX_LINE_BYTES) -> Iterator[tuple[bytes, bool]]:
+    """Yield each raw line (without `\\n`) and whether it was cut, reading in bounded pieces."""
+    while True:
+        chunk = stream.readline(max_line_bytes)
+        if not chunk:
+            return
+        if chunk.endswith(b"\n"):
+            yield chunk[:-1], False
+            continue
+        if len(chunk) < max_line_bytes:
+            yield chunk, False  # the last line, with no newline after it
+            return
+        # Skip the rest of an over-long line without holding it.
+        tail = stream.readline(max_line_bytes)
+        while tail and not tail.endswith(b"\n"):
+            tail = stream.readline(max_line_bytes)
+        yield chunk, True
+        if not tail:
+            return
+
+
+def open_stream(stream: BinaryIO) -> BinaryIO:
+    """Return a stream of the log's bytes, unwrapping gzip when the magic bytes say so."""
+    buffered = stream if isinstance(stream, io.BufferedReader) else io.BufferedReader(_Readable(stream))
+    if buffered.peek(2)[:2] == b"\x1f\x8b":
+        return gzip.GzipFile(fileobj=buffered)  # type: ignore[return-value]
+    return buffered
+
+
+class _Readable(io.RawIOBase):
+    """Adapt any object with read() to RawIOBase so it can be buffered and peeked."""
+
+    def __init__(self, inner: BinaryIO) -> None:
+        self._inner = inner
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
+        data = self._inner.read(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
+
+
+def parse_lines(stream: BinaryIO, job: str = "", max_line_bytes: int = MAX_LINE_BYTES) -> Iterator[LogLine]:
+    """Yield every line of one job log (GitHub Actions, gh run view, Travis, Jenkins, plain, gzip)."""
+    step = ""
+    try:
+        raw_lines = read_raw_lines(open_stream(stream), max_line_bytes)
+        for number, (raw, truncated) in enumerate(raw_lines, start=1):
+            text = raw.decode("utf-8", errors="replace")
+            line_job = job
+            prefixed = GH_RUN_VIEW_RE.match(text)
+            if prefixed:
+                line_job, line_step = prefixed.group(1), prefixed.group(2)
+                step = line_step
+                text = text[prefixed.end() :]
+            text = clean(text)
+            marker = ""
+            command = COMMAND_RE.match(text)
+            if command:
+                marker = command.group(1)
+                text = text[command.end() :]
+                if marker == "group" and text.startswith("Run ") and not prefixed:
+                    step = text[4:].strip()
+            else:
+                workflow_command = WORKFLOW_COMMAND_RE.match(text)
+                if workflow_command:
+                    marker = workflow_command.group(1)
+            yield LogLine(number, text, line_job, step, marker, truncated)
+    except (OSError, EOFError, gzip.BadGzipFile) as exc:
+        raise LogError(f"the log could not be read: {exc}") from exc
+
+
+@dataclass(frozen=True, slots=True)
+class ZipJob:
+    """One job's log inside a run-logs archive, named by the archive, never used as a path."""
+
+    name: str
+    entry: str
+
+
+def _label(entry_name: str) -> str:
+    """Make an archive entry name safe to show: no directories, controls or traversal."""
+    base = entry_name.replace("\\", "/").rstrip("/").rsplit("/", 1)[-1]
+    base = CONTROL_RE.sub("", base).replace("..", "")
+    base = re.sub(r"^\d+_", "", base)
+    return base.removesuffix(".txt").strip() or "job"
+
+
+def list_zip_jobs(archive: zipfile.ZipFile) -> list[ZipJob]:
+    """List the per-job logs of a run-logs archive, ordered as the runner numbered them."""
+    jobs: list[tuple[int, ZipJob]] = []
+    steps: dict[str, list[tuple[int, str]]] = {}
+    for info in archive.infolist():
+        name = info.filename
+        if info.is_dir() or not name.endswith(".txt"):
+            continue
+        parts = name.replace("\\", "/").split("/")
+        order = _order(parts[-1])
+        if len(parts) == 1:
+            jobs.append((order, ZipJob(_label(name), name)))
+        elif len(parts) == 2:
+            steps.setdefault(parts[0], []).append((order, name))
+    if not jobs:
+        # Some archives carry only per-step files; read the first step file of each job folder.
+        for folder, entries in steps.items():
+            entries.sort()
+            jobs.append((len(jobs), ZipJob(_label(folder), entries[0][1])))
+    jobs.sort(key=lambda pair: pair[0])
+    return [job for _, job in jobs]
+
+
+def _order(base: str) -> int:
+    match = re.match(r"^(\d+)_", base)
+    return int(match.group(1)) if match else 1 << 30
+
+
+def open_zip_entry(
+    archive: zipfile.ZipFile,
+    entry: str,
+    max_entry_bytes: int = MAX_ZIP_ENTRY_BYTES,
+    max_ratio: int = MAX_ZIP_RATIO,
+) -> BinaryIO:
+    """Open one entry of an archive, refusing symlinks, oversized entries and bombs."""
+    info = archive.getinfo(entry)
+    mode = info.external_attr >> 16
+    if mode & 0o170000 == 0o120000:
+        raise LogError(f"archive entry {_label(entry)!r} is a symlink")
+    if info.file_size > max_entry_bytes:
+        raise LogError(f"archive entry {_label(entry)!r} is {info.file_size} bytes, over the cap")
+    if info.compress_size and info.file_size / info.compress_size > max_ratio:
+        raise LogError(f"archive entry {_label(entry)!r} expands {info.file_size // info.compress_size}:1")
+    # The header sizes can lie; count what actually comes out.
+    return _CappedReader(archive.open(info), max_entry_bytes, _label(entry))  # type: ignore[return-value]
+
+
+class _CappedReader(io.RawIOBase):
+    """Raise once more than `cap` bytes have been read, whatever the zip header claimed."""
+
+    def __init__(self, inner: BinaryIO, cap: int, label: str) -> None:
+        self._inner, self._cap, self._label, self._seen = inner, cap, label, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
+        data = self._inner.read(len(buffer))
+        self._seen += len(data)
+        if self._seen > self._cap:
+            raise LogError(f"archive entry {self._label!r} expands past {self._cap} bytes")
+        buffer[: len(data)] = data
+        return len(data)
+
+
+def iter_zip_lines(stream: BinaryIO, max_total_bytes: int = MAX_ZIP_TOTAL_BYTES) -> Iterator[LogLine]:
+    """Yield the lines of every job in a run-logs archive, each labeled with its job."""
+    try:
+        archive = zipfile.ZipFile(stream)
+    except zipfile.BadZipFile as exc:
+        raise LogError(f"not a readable zip archive: {exc}") from exc
+    with archive:
+        total = sum(info.file_size for info in archive.infolist())
+        if total > max_total_bytes:
+            raise LogError(f"archive expands to {total} bytes, over the {max_total_bytes}-byte cap")
+        for job in list_zip_jobs(archive):
+            yield from parse_lines(open_zip_entry(archive, job.entry), job=job.name)
+
+
+def is_zip(stream: BinaryIO) -> bool:
+    """Tell a zip archive from a text or gzip log by its first bytes, without consuming them."""
+    position = stream.tell()
+    head = stream.read(4)
+    stream.seek(position)
+    return head == b"PK\x03\x04"
+
+
+def read_log(stream: BinaryIO) -> Iterator[LogLine]:
+    """Yield the lines of any supported log: a zip of job logs, gzip or plain text."""
+    if stream.seekable() and is_zip(stream):
+        return iter_zip_lines(stream)
+    return parse_lines(stream)
+
+
+def lines_from_text(text: str, job: str = "") -> list[LogLine]:
+    """Parse a log held in memory, such as one pasted into an issue."""
+    return list(parse_lines(io.BytesIO(text.encode("utf-8", errors="replace")), job=job))
+
+
+def count_lines(lines: Iterable[LogLine]) -> int:
+    """Count lines while consuming an iterator, for progress and tests."""
+    return sum(1 for _ in lines)

@@ -1,0 +1,523 @@
+"""Durable state in SQLite or PostgreSQL: deliveries, incidents, the side-effect ledger, counters, usage."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+from enum import StrEnum
+from typing import Any, ClassVar, TypeVar
+
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Date,
+    DateTime,
+    Dialect,
+    Engine,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+    create_engine,
+    delete,
+    event,
+    func,
+    select,
+    text,
+    update,
+)
+from sqlalchemy import exc as sa_exc
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import make_url
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
+from sqlalchemy.types import TypeDecorator
+
+#: GitHub lets a delivery be redelivered for 3 days; a replay inside that window must still be recognised.
+DELIVERY_RETENTION = timedelta(days=3)
+#: How many times a delivery is tried before it is left alone as failed.
+DEFAULT_MAX_ATTEMPTS = 5
+#: Lets the web process and the worker wait for each other's SQLite write lock instead of failing.
+SQLITE_BUSY_TIMEOUT_SECONDS = 30
+_MIGRATION_LOCK_ID = 0x6D656E64  # any constant; serialises concurrent `migrate` runs on PostgreSQL
+
+
+class StoreUnavailable(RuntimeError):
+    """The database cannot be reached or is not answering; the web app turns this into a 503."""
+
+
+class DeliveryStatus(StrEnum):
+    PENDING = "pending"
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+    IGNORED = "ignored"
+
+
+FINISHED = (DeliveryStatus.DONE, DeliveryStatus.IGNORED)
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Timezone-aware UTC datetimes on every backend (SQLite has no time zones, so it stores naive UTC)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to the store; pass an aware datetime")
+        value = value.astimezone(UTC)
+        return value if dialect.name == "postgresql" else value.replace(tzinfo=None)
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+class Base(DeclarativeBase):
+    type_annotation_map: ClassVar[dict[Any, Any]] = {datetime: UTCDateTime(), dict[str, Any]: JSON()}
+
+
+class Delivery(Base):
+    __tablename__ = "deliveries"
+    __table_args__ = (Index("ix_deliveries_status_updated_at", "status", "updated_at"),)
+
+    delivery_id: Mapped[str] = mapped_column(String(100), primary_key=True)
+    event: Mapped[str] = mapped_column(String(100))
+    action: Mapped[str | None] = mapped_column(String(100))
+    installation_id: Mapped[int | None] = mapped_column(BigInteger)
+    repository: Mapped[str | None] = mapped_column(String(255))
+    payload: Mapped[str] = mapped_column(Text)
+    status: Mapped[str] = mapped_column(String(16))
+    attempts: Mapped[int] = mapped_column(Integer)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    received_at: Mapped[datetime]
+    updated_at: Mapped[datetime]
+
+
+class Incident(Base):
+    __tablename__ = "incidents"
+    __table_args__ = (
+        UniqueConstraint("repository", "fingerprint", name="uq_incidents_repository_fingerprint"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    repository: Mapped[str] = mapped_column(String(255))
+    fingerprint: Mapped[str] = mapped_column(String(128))
+    category: Mapped[str] = mapped_column(String(64))
+    severity: Mapped[str] = mapped_column(String(32))
+    title: Mapped[str] = mapped_column(Text)
+    first_seen: Mapped[datetime]
+    last_seen: Mapped[datetime]
+    count: Mapped[int] = mapped_column(Integer)
+    issue_number: Mapped[int | None] = mapped_column(Integer)
+    comment_id: Mapped[int | None] = mapped_column(BigInteger)
+    muted_until: Mapped[datetime | None]
+    last_excerpt_hash: Mapped[str | None] = mapped_column(String(128))
+
+
+class SideEffect(Base):
+    __tablename__ = "side_effects"
+
+    key: Mapped[str] = mapped_column(String(512), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(32))
+    repository: Mapped[str] = mapped_column(String(255))
+    target: Mapped[str | None] = mapped_column(String(255))
+    delivery_id: Mapped[str | None] = mapped_column(String(100))
+    created_at: Mapped[datetime]
+    completed_at: Mapped[datetime | None]
+    detail: Mapped[dict[str, Any] | None]
+
+
+class Counter(Base):
+    __tablename__ = "counters"
+
+    scope: Mapped[str] = mapped_column(String(64), primary_key=True)
+    key: Mapped[str] = mapped_column(String(255), primary_key=True)
+    window_start: Mapped[datetime] = mapped_column(primary_key=True)
+    value: Mapped[int] = mapped_column(BigInteger)
+
+
+class ModelUsage(Base):
+    __tablename__ = "model_usage"
+
+    day: Mapped[date] = mapped_column(Date, primary_key=True)
+    repository: Mapped[str] = mapped_column(String(255), primary_key=True)
+    installation_id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    calls: Mapped[int] = mapped_column(BigInteger)
+    input_tokens: Mapped[int] = mapped_column(BigInteger)
+    output_tokens: Mapped[int] = mapped_column(BigInteger)
+    cache_read_tokens: Mapped[int] = mapped_column(BigInteger)
+    cache_write_tokens: Mapped[int] = mapped_column(BigInteger)
+    cost_micro_usd: Mapped[int] = mapped_column(BigInteger)
+
+
+@dataclass(frozen=True)
+class DeliveryRecord:
+    delivery_id: str
+    event: str
+    action: str | None
+    installation_id: int | None
+    repository: str | None
+    payload: str
+    status: DeliveryStatus
+    attempts: int
+    last_error: str | None
+    received_at: datetime
+    updated_at: datetime
+
+
+@dataclass(frozen=True)
+class IncidentRecord:
+    repository: str
+    fingerprint: str
+    category: str
+    severity: str
+    title: str
+    first_seen: datetime
+    last_seen: datetime
+    count: int
+    issue_number: int | None
+    comment_id: int | None
+    muted_until: datetime | None
+    last_excerpt_hash: str | None
+
+
+@dataclass(frozen=True)
+class Sighting:
+    """What `upsert_incident` saw: the incident after counting this sighting, and how it compares."""
+
+    incident: IncidentRecord
+    first: bool
+    excerpt_changed: bool
+
+
+@dataclass(frozen=True)
+class EffectRecord:
+    key: str
+    kind: str
+    repository: str
+    target: str | None
+    delivery_id: str | None
+    created_at: datetime
+    completed_at: datetime | None
+    detail: dict[str, Any] | None
+
+    @property
+    def completed(self) -> bool:
+        return self.completed_at is not None
+
+
+@dataclass(frozen=True)
+class Usage:
+    """Model usage: one call by default when recorded, summed over calls when read back."""
+
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cache_read_tokens: int = 0
+    cache_write_tokens: int = 0
+    cost_micro_usd: int = 0
+    calls: int = 1
+
+
+USAGE_FIELDS = tuple(field.name for field in dataclasses.fields(Usage))
+R = TypeVar("R", DeliveryRecord, IncidentRecord, EffectRecord)
+
+
+def _record(record_type: type[R], row: Base) -> R:
+    names = [field.name for field in dataclasses.fields(record_type)]
+    return record_type(**{name: getattr(row, name) for name in names})
+
+
+def _affected(session: Session, statement: Any, column: Any) -> int:
+    """Rows a write touched, counted through RETURNING: rowcount is not reliable for every driver."""
+    return len(session.execute(statement.returning(column)).all())
+
+
+def migrations_config() -> Config:
+    """Alembic configuration that finds the migrations inside the installed package; no alembic.ini needed."""
+    config = Config()
+    config.set_main_option("script_location", "bot:migrations")
+    return config
+
+
+def migrate(url: str) -> None:
+    """Bring the database at `url` up to the newest schema (`alembic upgrade head`); safe to repeat."""
+    store = Store(url)
+    try:
+        store.migrate()
+    finally:
+        store.close()
+
+
+def _configure_sqlite(engine: Engine) -> None:
+    @event.listens_for(engine, "connect")
+    def on_connect(dbapi_connection: Any, _record: Any) -> None:
+        # Leave transaction control to SQLAlchemy so `begin` below can take the write lock up front.
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_SECONDS * 1000}")
+        cursor.execute("PRAGMA journal_mode = WAL")
+        cursor.execute("PRAGMA synchronous = NORMAL")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def on_begin(connection: Any) -> None:
+        # A deferred transaction that reads, then writes, fails at once with SQLITE_BUSY when another
+        # process wrote in between; taking the lock at BEGIN makes it wait for the busy timeout instead.
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+class Store:
+    """All durable state. Every method is one transaction; times are passed in by the caller.
+
+    Side-effect ledger contract (claim, act, complete):
+      1. `record_effect(key, ...)` without a target claims the key before acting. It returns False when
+         the key was already claimed: look at `get_effect(key)`. If it is completed, the work is done;
+         skip it. If it is only claimed, an earlier attempt may have crashed between acting and
+         recording, so search GitHub for the hidden `<!-- mendbot:KEY -->` marker that every body we
+         write carries; found: `complete_effect` with what was found; not found: act now.
+      2. Act, putting the marker in the body.
+      3. `complete_effect(key, target=...)` records the issue, comment or check id.
+    `record_effect(..., target=...)` does 1 and 3 at once, for effects that are recorded after the fact.
+    """
+
+    def __init__(self, url: str, *, connect_timeout: int = 5) -> None:
+        parsed = make_url(url)
+        self.dialect = parsed.get_backend_name()
+        if self.dialect == "sqlite":
+            self.engine = create_engine(parsed, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_SECONDS})
+            _configure_sqlite(self.engine)
+        elif self.dialect == "postgresql":
+            self.engine = create_engine(parsed, pool_pre_ping=True,
+                                        connect_args={"connect_timeout": connect_timeout})
+        else:
+            raise ValueError(f"unsupported database URL scheme {parsed.drivername!r}; use sqlite/postgresql")
+        self._where = parsed.render_as_string(hide_password=True)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    @contextmanager
+    def _session(self) -> Iterator[Session]:
+        try:
+            with Session(self.engine, expire_on_commit=False) as session, session.begin():
+                yield session
+        except (sa_exc.OperationalError, sa_exc.InterfaceError) as error:
+            reason = str(error.orig).strip().splitlines()[0] if error.orig else type(error).__name__
+            raise StoreUnavailable(f"state store {self._where} is unavailable: {reason}") from error
+        except sa_exc.StatementError as error:
+            if isinstance(error.orig, ValueError):  # a bad argument, e.g. a naive datetime
+                raise error.orig from None
+            raise
+
+    def _insert(self) -> Any:
+        return postgresql.insert if self.dialect == "postgresql" else sqlite.insert
+
+    def migrate(self) -> None:
+        config = migrations_config()
+        with self._session() as session:
+            connection = session.connection()
+            if self.dialect == "postgresql":
+                # The web process and the worker may both migrate at startup.
+                connection.execute(text("SELECT pg_advisory_xact_lock(:id)"), {"id": _MIGRATION_LOCK_ID})
+            config.attributes["connection"] = connection
+            command.upgrade(config, "head")
+
+    def ping(self) -> bool:
+        try:
+            with self._session() as session:
+                session.execute(text("SELECT 1"))
+        except StoreUnavailable:
+            return False
+        return True
+
+    # Deliveries
+
+    def save_delivery(self, delivery_id: str, *, event: str, action: str | None, installation_id: int | None,
+                      repository: str | None, payload: str, now: datetime) -> bool:
+        """Persist a new delivery as pending; False when this delivery id was already saved (a replay)."""
+        statement = self._insert()(Delivery).values(
+            delivery_id=delivery_id, event=event, action=action, installation_id=installation_id,
+            repository=repository, payload=payload, status=DeliveryStatus.PENDING.value, attempts=0,
+            received_at=now, updated_at=now,
+        ).on_conflict_do_nothing(index_elements=["delivery_id"])
+        with self._session() as session:
+            return bool(_affected(session, statement, Delivery.delivery_id))
+
+    def get_delivery(self, delivery_id: str) -> DeliveryRecord | None:
+        with self._session() as session:
+            row = session.get(Delivery, delivery_id)
+            return None if row is None else self._delivery_record(row)
+
+    @staticmethod
+    def _delivery_record(row: Delivery) -> DeliveryRecord:
+        return dataclasses.replace(_record(DeliveryRecord, row), status=DeliveryStatus(row.status))
+
+    def mark_delivery(self, delivery_id: str, status: DeliveryStatus | str, *, now: datetime,
+                      error: str | None = None) -> DeliveryRecord:
+        """Set the status; `running` counts an attempt, `failed` records the error and finishing clears it."""
+        status = DeliveryStatus(status)
+        values: dict[str, Any] = {"status": status.value, "updated_at": now}
+        if status is DeliveryStatus.FAILED:
+            values["last_error"] = error
+        elif status in FINISHED:
+            values["last_error"] = None
+        if status is DeliveryStatus.RUNNING:
+            values["attempts"] = Delivery.attempts + 1
+        with self._session() as session:
+            statement = update(Delivery).where(Delivery.delivery_id == delivery_id).values(values)
+            if not _affected(session, statement, Delivery.delivery_id):
+                raise KeyError(f"no delivery {delivery_id!r}")
+            row = session.get(Delivery, delivery_id, populate_existing=True)
+            assert row is not None
+            return self._delivery_record(row)
+
+    def unfinished_deliveries(self, *, older_than: datetime | None = None,
+                              max_attempts: int = DEFAULT_MAX_ATTEMPTS, limit: int = 1000) -> list[str]:
+        """Ids of deliveries to (re)process, oldest first: pending, running (its worker died) and failed
+        with attempts left. `older_than` skips those touched since, which a live worker may still hold."""
+        in_flight = Delivery.status.in_([DeliveryStatus.PENDING.value, DeliveryStatus.RUNNING.value])
+        failed = (Delivery.status == DeliveryStatus.FAILED.value) & (Delivery.attempts < max_attempts)
+        retryable = in_flight | failed
+        query = select(Delivery.delivery_id).where(retryable).order_by(Delivery.received_at).limit(limit)
+        if older_than is not None:
+            query = query.where(Delivery.updated_at < older_than)
+        with self._session() as session:
+            return list(session.scalars(query))
+
+    def prune(self, now: datetime, keep: timedelta = DELIVERY_RETENTION) -> int:
+        """Delete finished (done or ignored) deliveries untouched for `keep`; returns how many went."""
+        if keep < DELIVERY_RETENTION:
+            raise ValueError(f"deliveries must be kept at least {DELIVERY_RETENTION}")
+        statement = delete(Delivery).where(
+            Delivery.status.in_([status.value for status in FINISHED]), Delivery.updated_at < now - keep)
+        with self._session() as session:
+            return _affected(session, statement, Delivery.delivery_id)
+
+    # Incidents
+
+    def upsert_incident(self, repository: str, fingerprint: str, *, category: str, severity: str, title: str,
+                        excerpt_hash: str | None, now: datetime) -> Sighting:
+        """Count one sighting of a failure, creating the incident on the first one."""
+        insert = self._insert()(Incident).values(
+            repository=repository, fingerprint=fingerprint, category=category, severity=severity, title=title,
+            first_seen=now, last_seen=now, count=1, last_excerpt_hash=excerpt_hash,
+        ).on_conflict_do_nothing(index_elements=["repository", "fingerprint"])
+        key = (Incident.repository == repository) & (Incident.fingerprint == fingerprint)
+        with self._session() as session:
+            if _affected(session, insert, Incident.id):
+                row = session.scalars(select(Incident).where(key)).one()
+                return Sighting(_record(IncidentRecord, row), first=True, excerpt_changed=True)
+            previous_hash = session.scalars(
+                select(Incident.last_excerpt_hash).where(key).with_for_update()).one()
+            session.execute(update(Incident).where(key).values(
+                count=Incident.count + 1, last_seen=now, category=category,
+                severity=severity, title=title, last_excerpt_hash=excerpt_hash))
+            row = session.scalars(select(Incident).where(key).execution_options(populate_existing=True)).one()
+            changed = excerpt_hash is None or excerpt_hash != previous_hash
+            return Sighting(_record(IncidentRecord, row), first=False, excerpt_changed=changed)
+
+    def get_incident(self, repository: str, fingerprint: str) -> IncidentRecord | None:
+        query = select(Incident).where(Incident.repository == repository, Incident.fingerprint == fingerprint)
+        with self._session() as session:
+            row = session.scalars(query).one_or_none()
+            return None if row is None else _record(IncidentRecord, row)
+
+    def link_incident(self, repository: str, fingerprint: str, *, issue_number: int | None = None,
+                      comment_id: int | None = None) -> None:
+        """Remember the issue and/or comment that tracks an incident (arguments left None are kept)."""
+        values = {name: value for name, value in (("issue_number", issue_number), ("comment_id", comment_id))
+                  if value is not None}
+        self._update_incident(repository, fingerprint, values)
+
+    def mute_incident(self, repository: str, fingerprint: str, until: datetime | None) -> None:
+        """Silence an incident until the given time; None unmutes it."""
+        self._update_incident(repository, fingerprint, {"muted_until": until})
+
+    def _update_incident(self, repository: str, fingerprint: str, values: Mapping[str, Any]) -> None:
+        statement = update(Incident).where(
+            Incident.repository == repository, Incident.fingerprint == fingerprint).values(dict(values))
+        with self._session() as session:
+            if values and not _affected(session, statement, Incident.id):
+                raise KeyError(f"no incident {fingerprint!r} in {repository!r}")
+
+    # Side effects
+
+    def record_effect(self, key: str, *, kind: str, repository: str, now: datetime, target: str | None = None,
+                      delivery_id: str | None = None, detail: Mapping[str, Any] | None = None) -> bool:
+        """Claim `key` (or record a finished effect when `target` is given); False if it already exists."""
+        statement = self._insert()(SideEffect).values(
+            key=key, kind=kind, repository=repository, target=target, delivery_id=delivery_id, created_at=now,
+            completed_at=now if target is not None else None,
+            detail=dict(detail) if detail is not None else None,
+        ).on_conflict_do_nothing(index_elements=["key"])
+        with self._session() as session:
+            return bool(_affected(session, statement, SideEffect.key))
+
+    def complete_effect(self, key: str, *, target: str, now: datetime,
+                        detail: Mapping[str, Any] | None = None) -> None:
+        values: dict[str, Any] = {"target": target, "completed_at": now}
+        if detail is not None:
+            values["detail"] = dict(detail)
+        with self._session() as session:
+            statement = update(SideEffect).where(SideEffect.key == key).values(values)
+            if not _affected(session, statement, SideEffect.key):
+                raise KeyError(f"side effect {key!r} was never claimed")
+
+    def get_effect(self, key: str) -> EffectRecord | None:
+        with self._session() as session:
+            row = session.get(SideEffect, key)
+            return None if row is None else _record(EffectRecord, row)
+
+    # Counters and usage
+
+    def incr(self, scope: str, key: str, window_start: datetime, amount: int = 1) -> int:
+        """Add `amount` to a counter atomically and return its new value."""
+        insert = self._insert()(Counter).values(scope=scope, key=key, window_start=window_start, value=amount)
+        statement = insert.on_conflict_do_update(
+            index_elements=["scope", "key", "window_start"], set_={"value": Counter.value + amount},
+        ).returning(Counter.value)
+        with self._session() as session:
+            return int(session.execute(statement).scalar_one())
+
+    def get_count(self, scope: str, key: str, window_start: datetime) -> int:
+        query = select(Counter.value).where(
+            Counter.scope == scope, Counter.key == key, Counter.window_start == window_start)
+        with self._session() as session:
+            return int(session.scalars(query).one_or_none() or 0)
+
+    def record_usage(self, repository: str, installation_id: int | None, usage: Usage, *,
+                     now: datetime) -> None:
+        """Add one model call's usage to the day's totals (`installation_id` None when not an App install)."""
+        values = {name: getattr(usage, name) for name in USAGE_FIELDS}
+        insert = self._insert()(ModelUsage).values(
+            day=now.astimezone(UTC).date(), repository=repository, installation_id=installation_id or 0,
+            **values)
+        statement = insert.on_conflict_do_update(
+            index_elements=["day", "repository", "installation_id"],
+            set_={name: getattr(ModelUsage, name) + value for name, value in values.items()},
+        )
+        with self._session() as session:
+            session.execute(statement)
+
+    def usage_since(self, day: date, *, repository: str | None = None,
+                    installation_id: int | None = None) -> Usage:
+        """Usage summed from the start of the UTC `day` on, for one repository and/or one installation."""
+        columns = [func.coalesce(func.sum(getattr(ModelUsage, name)), 0) for name in USAGE_FIELDS]
+        query = select(*columns).where(ModelUsage.day >= day)
+        if repository is not None:
+            query = query.where(ModelUsage.repository == repository)
+        if installation_id is not None:
+            query = query.where(ModelUsage.installation_id == installation_id)
+        with self._session() as session:
+            totals = session.execute(query).one()
+        return Usage(**{name: int(value) for name, value in zip(USAGE_FIELDS, totals, strict=True)})

@@ -1,0 +1,153 @@
+"""Check a model diagnosis's evidence against the real log and fetched sources, dropping what is invented."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from bot.core.logs import ANSI_RE, GHA_TIMESTAMP_RE, LogLine
+from bot.core.models import Diagnosis, Evidence
+from bot.core.prompt import sanitize_untrusted
+
+# A quote may skip text with an ellipsis and hide secrets behind placeholders; each fragment must still match.
+FRAGMENT_SPLIT_RE = re.compile(r"…|\.\.\.|\[REDACTED(?::[^\]\s]*)?\]")
+# Models miscount by a line or two; a quote found this close is real evidence with a wrong number.
+NEARBY_LINES = 2
+# Fragments this short ("a", "ok") would match almost any line, so they prove nothing.
+MIN_QUOTE_CHARS = 8
+# A diagnosis that quotes nothing cannot be checked, so it cannot be trusted more than this.
+UNEVIDENCED_CONFIDENCE = 0.3
+# A log quote that checks out but points at a source location that does not, counts half.
+BAD_SOURCE_REF_WEIGHT = 0.5
+
+
+@dataclass(frozen=True)
+class VerifiedDiagnosis:
+    """The diagnosis with only checked evidence, its confidence scaled down, and what was changed."""
+
+    diagnosis: Diagnosis
+    dropped: list[Evidence]
+    corrected: list[tuple[int, int]]  # (quoted line, line where the quote really is)
+    verified_fraction: float
+    all_invented: bool  # evidence was given and none of it is in the log
+
+
+def normalize_for_match(text: str) -> str:
+    """Reduce a line to what the model was shown: no ANSI, timestamp, hidden characters or extra spaces."""
+    text = GHA_TIMESTAMP_RE.sub("", ANSI_RE.sub("", text), count=1)
+    return " ".join(sanitize_untrusted(text).split())
+
+
+def quote_matches(quote: str, original: str) -> bool:
+    """True if every fragment of the quote appears, in order, in the normalised original line."""
+    fragments = [normalize_for_match(part) for part in FRAGMENT_SPLIT_RE.split(quote)]
+    fragments = [fragment for fragment in fragments if fragment]
+    target = normalize_for_match(original)
+    if not fragments or not target:
+        return False
+    position = 0
+    for fragment in fragments:
+        found = target.find(fragment, position)
+        if found < 0:
+            return False
+        position = found + len(fragment)
+    return sum(len(fragment) for fragment in fragments) >= min(MIN_QUOTE_CHARS, len(target))
+
+
+def verify_evidence(
+    diagnosis_input: Diagnosis,
+    log_lines: Mapping[int, str] | Sequence[LogLine],
+    fetched_sources: Mapping[str, str],
+) -> VerifiedDiagnosis:
+    """Keep evidence quoted from the log (at its line or NEARBY_LINES away) whose file:line was fetched.
+
+    Confidence is scaled by the verified share of the evidence, and a note records every change. Notes name
+    line numbers only, never quoted text, because they are shown to people.
+    """
+    logs = _index(log_lines)
+    kept: list[Evidence] = []
+    dropped: list[Evidence] = []
+    corrected: list[tuple[int, int]] = []
+    notes: list[str] = []
+    score = 0.0
+    for evidence in diagnosis_input.evidence:
+        found = _find_quote(evidence, logs)
+        if found is None:
+            dropped.append(evidence)
+            continue
+        job, number = found
+        if number != evidence.line:
+            corrected.append((evidence.line, number))
+            notes.append(f"evidence line {evidence.line} was corrected to line {number}")
+        checked = evidence.model_copy(update={"line": number, "job": job or evidence.job})
+        if _source_exists(evidence, fetched_sources):
+            score += 1
+        else:
+            score += BAD_SOURCE_REF_WEIGHT
+            checked = checked.model_copy(update={"file": None, "file_line": None})
+            notes.append(f"the source location of evidence line {number} was removed: it was not fetched")
+        kept.append(checked)
+
+    given = len(diagnosis_input.evidence)
+    confidence = diagnosis_input.confidence
+    if given:
+        fraction = score / given
+        confidence = round(confidence * fraction, 3)
+    else:
+        fraction = 0.0
+        confidence = min(confidence, UNEVIDENCED_CONFIDENCE)
+        notes.append("the model quoted no evidence, so its confidence was capped")
+    all_invented = given > 0 and not kept
+    if dropped:
+        numbers = ", ".join(str(evidence.line) for evidence in dropped)
+        notes.append(f"{len(dropped)} of {given} evidence lines were not found in the log: {numbers}")
+    if all_invented:
+        notes.append("none of the model's evidence is in the log")
+    if confidence < diagnosis_input.confidence:
+        notes.append(f"confidence lowered from {diagnosis_input.confidence:g} to {confidence:g}")
+    diagnosis = diagnosis_input.model_copy(
+        update={"evidence": kept, "confidence": confidence, "notes": [*diagnosis_input.notes, *notes]}
+    )
+    return VerifiedDiagnosis(diagnosis, dropped, corrected, fraction, all_invented)
+
+
+def _index(log_lines: Mapping[int, str] | Sequence[LogLine]) -> dict[str, dict[int, str]]:
+    """Lines by job, then number: line numbers restart in each job of a run-logs archive."""
+    if isinstance(log_lines, Mapping):
+        return {"": dict(log_lines)}
+    index: dict[str, dict[int, str]] = {}
+    for line in log_lines:
+        index.setdefault(line.job, {})[line.number] = line.text
+    return index
+
+
+def _find_quote(evidence: Evidence, logs: dict[str, dict[int, str]]) -> tuple[str, int] | None:
+    """The (job, line number) that holds the quote, trying the quoted line first, then the closest ones."""
+    jobs = [evidence.job] if evidence.job in logs else list(logs)
+    for distance in (0, 1, -1, 2, -2)[: 2 * NEARBY_LINES + 1]:
+        for job in jobs:
+            original = logs[job].get(evidence.line + distance)
+            if original is not None and quote_matches(evidence.text, original):
+                return job, evidence.line + distance
+    return None
+
+
+def _source_exists(evidence: Evidence, sources: Mapping[str, str]) -> bool:
+    if evidence.file is None and evidence.file_line is None:
+        return True
+    if evidence.file is None:
+        return False
+    text = _source_text(evidence.file, sources)
+    if text is None:
+        return False
+    return evidence.file_line is None or 1 <= evidence.file_line <= len(text.splitlines())
+
+
+def _source_text(path: str, sources: Mapping[str, str]) -> str | None:
+    """The fetched file a path names: the same repository path, or an absolute runner path ending in it."""
+    wanted = path.strip().removeprefix("./")
+    if wanted in sources:
+        return sources[wanted]
+    matches = [name for name in sources if wanted.endswith("/" + name.removeprefix("./"))]
+    return sources[matches[0]] if len(matches) == 1 else None

@@ -1,0 +1,251 @@
+"""The delivery queue on a real SQLite file and a real Redis server, with real huey consumers."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from huey import RedisHuey, SqliteHuey
+
+from bot.adapters.queue import Queue, QueueUnavailable, make_huey, requeue_unfinished
+from bot.adapters.store import DeliveryStatus, Store, migrate
+from tests.servers import RedisServer, redis_url  # noqa: F401 - fixture
+
+NOW = datetime(2025, 3, 10, 12, 0, tzinfo=UTC)
+
+
+@dataclass
+class Backend:
+    queue_url: str | None
+    sqlite_path: str
+
+    def queue(self, store: Store, **options: float) -> Queue:
+        """A queue on a new huey instance, as a freshly started process would build it."""
+        return Queue(make_huey(self.queue_url, self.sqlite_path), store, poll_interval=0.05, **options)
+
+
+@pytest.fixture(params=["sqlite", "redis"])
+def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
+    queue_url = str(request.getfixturevalue("redis_url")) if request.param == "redis" else None
+    return Backend(queue_url, str(tmp_path / "queue.db"))
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[Store]:
+    url = f"sqlite:///{tmp_path / 'state.db'}"
+    migrate(url)
+    store = Store(url)
+    yield store
+    store.close()
+
+
+class Recorder:
+    """A handler that records its calls and fails the first `failures` of them."""
+
+    def __init__(self, failures: int = 0, outcome: DeliveryStatus | None = None) -> None:
+        self.calls: list[str] = []
+        self.failures = failures
+        self.outcome = outcome
+        self.lock = threading.Lock()
+
+    def __call__(self, delivery_id: str) -> DeliveryStatus | None:
+        with self.lock:
+            self.calls.append(delivery_id)
+            if len(self.calls) <= self.failures:
+                raise ConnectionError(f"GitHub timed out (call {len(self.calls)})")
+        return self.outcome
+
+
+def save(store: Store, delivery_id: str) -> None:
+    assert store.save_delivery(delivery_id, event="workflow_run", action="completed", installation_id=7,
+                               repository="octo/app", payload="{}", now=NOW)
+
+
+def status(store: Store, delivery_id: str) -> DeliveryStatus:
+    delivery = store.get_delivery(delivery_id)
+    assert delivery is not None
+    return delivery.status
+
+
+def wait_for(condition: Callable[[], bool], timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError("timed out waiting for the queue")
+        time.sleep(0.02)
+
+
+def run_until(queue: Queue, condition: Callable[[], bool], linger: float = 0.3) -> None:
+    """Run a consumer in background threads until `condition`, then a little longer to catch repeats."""
+    consumer = queue.start_consumer()
+    try:
+        wait_for(condition)
+        time.sleep(linger)
+    finally:
+        consumer.stop(graceful=True)
+
+
+def test_make_huey_picks_the_backend(tmp_path: Path) -> None:
+    on_file = make_huey(None, str(tmp_path / "a.db"))
+    assert isinstance(on_file, SqliteHuey)
+    assert (tmp_path / "a.db").exists()
+    make_huey(f"sqlite:///{tmp_path / 'b.db'}", str(tmp_path / "unused.db"))
+    assert (tmp_path / "b.db").exists() and not (tmp_path / "unused.db").exists()
+    assert isinstance(make_huey("redis://127.0.0.1:1/0", "unused.db"), RedisHuey)
+    with pytest.raises(ValueError):
+        make_huey("amqp://broker", "unused.db")
+
+
+def test_a_delivery_is_handled_once_and_marked_done(backend: Backend, store: Store) -> None:
+    save(store, "d-1")
+    handler = Recorder()
+    queue = backend.queue(store)
+    queue.register(handler)
+    queue.enqueue("d-1")
+    assert queue.depth() == 1
+
+    run_until(queue, lambda: status(store, "d-1") is DeliveryStatus.DONE)
+
+    assert handler.calls == ["d-1"]
+    assert queue.depth() == 0
+    assert store.get_delivery("d-1").attempts == 1  # type: ignore[union-attr]
+
+
+def test_queued_work_survives_a_restart(backend: Backend, store: Store) -> None:
+    save(store, "d-1")
+    before_crash = backend.queue(store)
+    before_crash.register(Recorder())
+    before_crash.enqueue("d-1")
+    del before_crash  # the process dies before any consumer ran
+
+    handler = Recorder()
+    after_restart = backend.queue(store)
+    after_restart.register(handler)
+    assert after_restart.waiting() == {"d-1"}
+    assert requeue_unfinished(store, after_restart) == []  # already waiting: not queued twice
+    run_until(after_restart, lambda: status(store, "d-1") is DeliveryStatus.DONE)
+    assert handler.calls == ["d-1"]
+
+
+def test_a_task_lost_with_its_worker_is_recovered_from_the_store(backend: Backend, store: Store) -> None:
+    save(store, "d-1")
+    dying = backend.queue(store)
+    dying.register(Recorder())
+    dying.enqueue("d-1")
+    assert dying.huey.dequeue() is not None  # a worker took the task, then was killed
+    assert dying.depth() == 0
+
+    handler = Recorder()
+    restarted = backend.queue(store)
+    restarted.register(handler)
+    assert requeue_unfinished(store, restarted) == ["d-1"]
+    run_until(restarted, lambda: status(store, "d-1") is DeliveryStatus.DONE)
+    assert handler.calls == ["d-1"]
+
+
+def test_a_failing_handler_is_retried_after_a_delay(backend: Backend, store: Store) -> None:
+    save(store, "d-1")
+    handler = Recorder(failures=1)
+    queue = backend.queue(store, retry_delay=1)
+    queue.register(handler)
+    queue.enqueue("d-1")
+
+    consumer = queue.start_consumer()
+    try:
+        wait_for(lambda: status(store, "d-1") is DeliveryStatus.FAILED)
+        failed = store.get_delivery("d-1")
+        assert failed is not None
+        assert failed.last_error == "ConnectionError: GitHub timed out (call 1)"
+        assert handler.calls == ["d-1"]  # not yet: the retry waits for its delay
+        wait_for(lambda: status(store, "d-1") is DeliveryStatus.DONE)
+    finally:
+        consumer.stop(graceful=True)
+
+    done = store.get_delivery("d-1")
+    assert done is not None
+    assert (done.attempts, done.last_error, handler.calls) == (2, None, ["d-1", "d-1"])
+
+
+def test_retries_stop_after_max_attempts(backend: Backend, store: Store) -> None:
+    save(store, "d-1")
+    handler = Recorder(failures=100)
+    queue = backend.queue(store, retry_delay=0, max_attempts=3)
+    queue.register(handler)
+    queue.enqueue("d-1")
+
+    run_until(queue, lambda: len(handler.calls) == 3)
+
+    delivery = store.get_delivery("d-1")
+    assert delivery is not None
+    assert (delivery.status, delivery.attempts) == (DeliveryStatus.FAILED, 3)
+    assert handler.calls == ["d-1"] * 3
+    assert requeue_unfinished(store, queue) == []
+
+
+def test_requeue_enqueues_deliveries_saved_but_never_enqueued(backend: Backend, store: Store) -> None:
+    for delivery_id in ("saved-only", "finished", "skipped"):
+        save(store, delivery_id)
+    store.mark_delivery("finished", "done", now=NOW)
+    store.mark_delivery("skipped", "ignored", now=NOW)
+    handler = Recorder()
+    queue = backend.queue(store)
+    queue.register(handler)
+
+    assert requeue_unfinished(store, queue) == ["saved-only"]
+    assert queue.depth() == 1
+    run_until(queue, lambda: status(store, "saved-only") is DeliveryStatus.DONE)
+    assert handler.calls == ["saved-only"]
+
+
+def test_finished_deliveries_are_not_rerun_and_ignored_is_recorded(backend: Backend, store: Store) -> None:
+    save(store, "replayed")
+    store.mark_delivery("replayed", "done", now=NOW)
+    save(store, "not-for-us")
+    handler = Recorder(outcome=DeliveryStatus.IGNORED)
+    queue = backend.queue(store)
+    queue.register(handler)
+    queue.enqueue("replayed")
+    queue.enqueue("not-for-us")
+
+    run_until(queue, lambda: status(store, "not-for-us") is DeliveryStatus.IGNORED)
+    assert handler.calls == ["not-for-us"]
+
+
+def test_immediate_mode_runs_inside_enqueue(tmp_path: Path, store: Store) -> None:
+    save(store, "d-1")
+    handler = Recorder()
+    queue = Queue(make_huey(None, str(tmp_path / "queue.db"), immediate=True), store)
+    queue.register(handler)
+    queue.enqueue("d-1")
+    assert handler.calls == ["d-1"]
+    assert status(store, "d-1") is DeliveryStatus.DONE
+    assert not (tmp_path / "queue.db").exists()
+
+
+def test_a_stopped_redis_fails_ping_and_enqueue(store: Store) -> None:
+    try:
+        server = RedisServer()
+    except FileNotFoundError as missing:
+        pytest.skip(str(missing))
+    with server:
+        queue = Queue(make_huey(server.url, "unused.db"), store)
+        queue.register(Recorder())
+        assert queue.ping() is True
+        server.stop()
+        assert queue.ping() is False
+        with pytest.raises(QueueUnavailable):
+            queue.enqueue("d-1")
+
+
+def test_a_handler_can_be_registered_only_once(backend: Backend, store: Store) -> None:
+    queue = backend.queue(store)
+    with pytest.raises(RuntimeError):
+        queue.enqueue("d-1")
+    queue.register(Recorder())
+    with pytest.raises(RuntimeError):
+        queue.register(Recorder())

@@ -342,7 +342,7 @@ def _block(kind: str, lines: list[str]) -> str:
 def _render(facts: _Facts, cut: _Cut) -> tuple[str, list[str]]:
     """The user message for one cut, and the trusted sentences that say what the cut removed."""
     parts = [INTRO]
-    trimmed: list[str] = []
+    notes: dict[str, str] = {}  # by trim step, so they read in TRIM_ORDER
     if facts.failed_job or facts.failed_step:
         parts.append(_block("failed_step", [f"job: {facts.failed_job}", f"step: {facts.failed_step}"]))
 
@@ -359,28 +359,26 @@ def _render(facts: _Facts, cut: _Cut) -> tuple[str, list[str]]:
             last = index == len(shown_blocks) - 1 and position == len(shown) - 1
             if last and 0 <= cut.last_line_chars < len(text):
                 text = text[: cut.last_line_chars] + "…"
-                trimmed.append(f"log line {number} was shortened")
+                notes["last_line_chars"] = f"shortened log line {number}"
             rendered.append(f"{number} | {text}")
         parts.append(_block("log_excerpt", rendered))
     if cut.blocks_dropped:
-        trimmed.append(f"{cut.blocks_dropped} of {len(facts.blocks)} log excerpt blocks were dropped")
+        notes["blocks_dropped"] = f"dropped {cut.blocks_dropped} of {len(facts.blocks)} log excerpt blocks"
     if cut.lines_dropped:
-        trimmed.append(f"the first {cut.lines_dropped} lines of the remaining log excerpt were dropped")
+        notes["lines_dropped"] = f"dropped the first {cut.lines_dropped} lines of the remaining excerpt"
 
     if cut.diff_kept:
         parts.append(_block("new_since_last_green", facts.green_diff[: cut.diff_kept]))
     if cut.diff_kept < len(facts.green_diff):
-        trimmed.append(
-            f"{len(facts.green_diff) - cut.diff_kept} of {len(facts.green_diff)} lines that are new since "
-            "the last green run were dropped"
-        )
+        total = len(facts.green_diff)
+        notes["diff_kept"] = f"dropped {total - cut.diff_kept} of {total} lines new since the last green run"
 
     for path, start, source_lines in facts.sources[: cut.sources_kept]:
         numbered = [f"{start + offset} | {line}" for offset, line in enumerate(source_lines)]
         parts.append(_block("source", [f"path: {path}", *numbered]))
     if cut.sources_kept < len(facts.sources):
         total = len(facts.sources)
-        trimmed.append(f"{total - cut.sources_kept} of {total} source snippets were dropped")
+        notes["sources_kept"] = f"dropped {total - cut.sources_kept} of {total} source snippets"
 
     commit_lines: list[str] = []
     for index, (sha, subject, files) in enumerate(facts.commits[: cut.commits_kept]):
@@ -391,17 +389,20 @@ def _render(facts: _Facts, cut: _Cut) -> tuple[str, list[str]]:
         parts.append(_block("recent_commits", commit_lines))
     total = len(facts.commits)
     if cut.commits_kept < total:
-        trimmed.append(f"{total - cut.commits_kept} of {total} commits were dropped")
+        notes["commits_kept"] = f"dropped {total - cut.commits_kept} of {total} commits"
     elif cut.commit_files_kept < total:
-        trimmed.append(f"the changed files of {total - cut.commit_files_kept} commits were dropped")
+        notes["commit_files_kept"] = f"dropped the files of {total - cut.commit_files_kept} commits"
 
     issue = facts.issue_body
     if issue and cut.issue_chars_kept:
         kept = issue[: cut.issue_chars_kept]
         parts.append(_block("issue_body", [kept + ("…" if len(kept) < len(issue) else "")]))
-    if cut.issue_chars_kept < len(issue):
-        trimmed.append(f"the issue body was cut to {cut.issue_chars_kept} of {len(issue)} characters")
+    if not cut.issue_chars_kept and issue:
+        notes["issue_chars_kept"] = "dropped the issue body"
+    elif cut.issue_chars_kept < len(issue):
+        notes["issue_chars_kept"] = f"cut the issue body to {cut.issue_chars_kept} of {len(issue)} chars"
 
+    trimmed = [notes[step] for step in TRIM_ORDER if step in notes]
     if trimmed:
         parts.append("\n".join([TRIM_HEADING, *(f"- {line}" for line in trimmed)]))
     parts.append(REQUEST)

@@ -149,7 +149,9 @@ class FakeAnthropic:
     def __init__(self, api_key: str = TEST_API_KEY) -> None:
         self._state = _State(api_key=api_key)
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), _handler_for(self._state))
-        self._thread = threading.Thread(target=self._server.serve_forever, name="fake-anthropic", daemon=True)
+        # A short poll interval makes stop() quick; the default half second adds up over a test run.
+        serve = {"poll_interval": 0.02}
+        self._thread = threading.Thread(target=self._server.serve_forever, kwargs=serve, daemon=True)
 
     @property
     def api_key(self) -> str:

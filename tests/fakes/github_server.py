@@ -701,6 +701,10 @@ class FakeGitHubServer:
         with self._lock:
             self.requests.append(RecordedRequest(method, path, query, headers, body, self.clock()))
             if path.startswith("/_blobs/"):
+                # Signed URLs need no token, but they can be made to fail (e.g. look expired) on demand.
+                blob_fault = self._take_fault(method, path)
+                if blob_fault is not None:
+                    return Reply(blob_fault.status, blob_fault.body, dict(blob_fault.headers))
                 return self._serve_blob(path.removeprefix("/_blobs/"), query)
             if not path.startswith(self.api_prefix + "/"):
                 return _error(404, "Not Found")

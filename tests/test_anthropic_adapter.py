@@ -233,3 +233,18 @@ def test_newest_sonnet_orders_by_version_and_prefers_aliases() -> None:
     snapshots = ["claude-sonnet-4-20250514", "claude-sonnet-4-5-20250929"]
     assert newest_sonnet(snapshots) == "claude-sonnet-4-5-20250929"
     assert newest_sonnet(["claude-haiku-4-5"]) is None
+
+
+def test_planted_secrets_never_reach_the_bytes_sent(server: FakeAnthropic) -> None:
+    pytest.importorskip("bot.core.redact")
+    github_token = "ghp_" + "Zx9Yw8Vu7T" * 3 + "s6R5q4"
+    anthropic_key = "sk-ant-api03-" + "Q" * 40
+    lines = [ExcerptLine(number=1, text=f"git push https://x:{github_token}@github.com/o/r")]
+    excerpt = Excerpt(blocks=[ExcerptBlock(lines=lines)], budget=4096)
+    prompt = build_prompt(excerpt, system=load_system_prompt(), issue_body=f"my key: {anthropic_key}")
+    with diagnoser(server) as client:
+        client.diagnose(prompt)
+
+    body = server.requests[0].body
+    assert github_token.encode() not in body and anthropic_key.encode() not in body
+    assert b"[REDACTED" in body

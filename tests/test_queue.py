@@ -24,9 +24,10 @@ class Backend:
     queue_url: str | None
     sqlite_path: str
 
-    def queue(self, store: Store, **options: float) -> Queue:
+    def queue(self, store: Store, *, retry_delay: float = 30, max_attempts: int = 5) -> Queue:
         """A queue on a new huey instance, as a freshly started process would build it."""
-        return Queue(make_huey(self.queue_url, self.sqlite_path), store, poll_interval=0.05, **options)
+        return Queue(make_huey(self.queue_url, self.sqlite_path), store, poll_interval=0.05,
+                     retry_delay=retry_delay, max_attempts=max_attempts)
 
 
 @pytest.fixture(params=["sqlite", "redis"])

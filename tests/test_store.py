@@ -58,6 +58,27 @@ def test_migrations_run_twice_and_match_the_models(store_url: str) -> None:
     assert differences == []
 
 
+def test_concurrent_migrations_do_not_collide(store_url: str) -> None:
+    # The web process and the worker both migrate when they start.
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            migrate(store_url)
+        except BaseException as error:
+            errors.append(error)
+
+    threads = [threading.Thread(target=run) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    store = Store(store_url)
+    assert save(store, "d-1") is True
+    store.close()
+
+
 def test_a_delivery_is_saved_once(store: Store) -> None:
     assert save(store, "d-1", payload='{"first": true}') is True
     assert save(store, "d-1", payload='{"second": true}') is False

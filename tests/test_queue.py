@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from huey import RedisHuey, SqliteHuey
 
-from bot.adapters.queue import Queue, QueueUnavailable, make_huey, requeue_unfinished
+from bot.adapters.queue import Queue, QueueUnavailable, make_huey, requeue_unfinished, sqlite_queue_path
 from bot.adapters.store import DeliveryStatus, Store, migrate
 from tests.servers import RedisServer, redis_url  # noqa: F401 - fixture
 
@@ -250,3 +250,27 @@ def test_a_handler_can_be_registered_only_once(backend: Backend, store: Store) -
     queue.register(Recorder())
     with pytest.raises(RuntimeError):
         queue.register(Recorder())
+
+
+def test_the_sqlite_queue_sits_beside_a_sqlite_database() -> None:
+    assert sqlite_queue_path("sqlite:///data/state.db", "fallback.db") == "data/state-queue.db"
+    assert sqlite_queue_path("sqlite:////var/lib/mendbot/state.db", "x") == "/var/lib/mendbot/state-queue.db"
+    assert sqlite_queue_path("postgresql+psycopg://db/mendbot", "/data/queue.db") == "/data/queue.db"
+    assert sqlite_queue_path("sqlite://", "/data/queue.db") == "/data/queue.db"
+
+
+def test_a_signed_queue_drops_tasks_it_did_not_sign(backend: Backend, store: Store) -> None:
+    save(store, "forged")
+    save(store, "genuine")
+    forger = Queue(make_huey(backend.queue_url, backend.sqlite_path, secret="not-ours"), store)
+    forger.register(Recorder())
+    forger.enqueue("forged")
+
+    handler = Recorder()
+    signed = make_huey(backend.queue_url, backend.sqlite_path, secret="ours")
+    worker = Queue(signed, store, poll_interval=0.05)
+    worker.register(handler)
+    worker.enqueue("genuine")
+    run_until(worker, lambda: status(store, "genuine") is DeliveryStatus.DONE)
+    assert handler.calls == ["genuine"]
+    assert status(store, "forged") is DeliveryStatus.PENDING

@@ -5,10 +5,14 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
 
 import redis
 from huey import Huey, RedisHuey, SqliteHuey
 from huey.consumer import Consumer
+from huey.serializer import SignedSerializer
+from sqlalchemy.engine import make_url
 
 from bot.adapters.store import DEFAULT_MAX_ATTEMPTS, FINISHED, DeliveryStatus, Store
 
@@ -29,23 +33,37 @@ class QueueUnavailable(RuntimeError):
 
 
 def make_huey(queue_url: str | None, sqlite_path: str, immediate: bool = False, *,
-              name: str = QUEUE_NAME) -> Huey:
+              name: str = QUEUE_NAME, secret: str | None = None) -> Huey:
     """Huey on Redis for a redis:// URL, else on SQLite (`sqlite_path`, or the path in a sqlite:/// URL).
 
     `immediate` runs each task inside `enqueue`, in memory, for one-shot commands with no worker.
-    Task results are not kept: the store records the outcome of every delivery.
+    Task results are not kept: the store records the outcome of every delivery. Huey pickles tasks, so
+    anyone who can write to a shared Redis could run code in the worker; with a `secret`, tasks are
+    signed and a worker drops any task whose signature does not match.
     """
+    options: dict[str, Any] = {"results": False, "immediate": immediate}
+    if secret:
+        options["serializer"] = SignedSerializer(secret=secret, salt=name)
     if queue_url is not None and queue_url.startswith(REDIS_SCHEMES):
         # Timeouts keep a dead Redis from hanging a webhook reply; the read timeout must exceed the
         # 1-second blocking pop that the consumer uses.
         pool = redis.ConnectionPool.from_url(queue_url, socket_connect_timeout=5, socket_timeout=10,
                                              health_check_interval=30)
-        return RedisHuey(name, connection_pool=pool, results=False, immediate=immediate)
+        return RedisHuey(name, connection_pool=pool, **options)
     if queue_url is not None:
         if not queue_url.startswith(SQLITE_PREFIX):
             raise ValueError("queue URL must start with redis://, rediss://, unix:// or sqlite:///")
         sqlite_path = queue_url.removeprefix(SQLITE_PREFIX)
-    return SqliteHuey(name, filename=sqlite_path, results=False, immediate=immediate, timeout=30)
+    return SqliteHuey(name, filename=sqlite_path, timeout=30, **options)
+
+
+def sqlite_queue_path(database_url: str, default: str) -> str:
+    """Where the SQLite queue lives: beside a SQLite database (`x.db` -> `x-queue.db`), else `default`."""
+    url = make_url(database_url)
+    if url.get_backend_name() != "sqlite" or url.database in (None, "", ":memory:"):
+        return default
+    database = Path(str(url.database))
+    return str(database.with_name(f"{database.stem}-queue.db"))
 
 
 def _utc_now() -> datetime:

@@ -1,0 +1,357 @@
+"""Choose the log lines that explain a failure, within an exact byte budget, in one streaming pass."""
+
+from __future__ import annotations
+
+import heapq
+import math
+import re
+from collections import deque
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from bot.core.logs import LogLine
+from bot.core.models import Excerpt, ExcerptBlock, ExcerptLine
+
+DEFAULT_BUDGET = 4096
+# A long line is shortened so one minified bundle or JSON blob cannot eat the budget.
+LINE_CAP = 300
+CONTEXT_BEFORE = 3
+# A pass through the exit marker keeps this many lines of the failing command's output.
+EXIT_WINDOW = 40
+MAX_REGION_LINES = 120
+MAX_REGIONS = 48
+MAX_PASSING_SIGNATURES = 1_000_000
+
+# Scoring works on words and fixed phrases, not one big regex: Python's regex engine tries every
+# alternative at every position, which costs ~250 µs a line; set and substring checks cost ~3 µs.
+_WORD_RE = re.compile(r"[a-z][a-z_]+")
+_STRONG_WORDS = frozenset(
+    "traceback panic panicked fatal segmentation segfault sigsegv sigabrt addresssanitizer assertionerror "
+    "failed failure failures unexpected killed oom timeout timedout undefined".split()
+)
+_MEDIUM_WORDS = frozenset(
+    "error errors fail fails failing exception exceptions expected actual assert assertion mismatch invalid "
+    "missing refused unreachable crash crashed crashes aborted abort violation syntax wrong incorrect denied "
+    "unable cannot couldn impossible forbidden unauthorized unsupported conflict conflicts broken".split()
+)
+_STRONG_PHRASES = (
+    "error:", "error[", "[error]", "error ts", "error cs", "npm err!", "build failed", "build failure",
+    "no such file", "undefined reference", "cannot find symbol", "test-unexpected-", "process-crash",
+    "core dumped", "out of memory", "timed out", "--- fail:", "not ok ", "but was", "but got", "to equal",
+    "could not", "can't find", "cannot find", "cannot open", "not found", "compilation failed", "exception:",
+    "exception in", "assertion failed", "✗", "✕", "✖", "×",
+)
+_STRUCTURAL = re.compile(r"\s*(?:E {2,}\S|(?:not ok|FAIL|FAILED|ERROR)\b|\w*(?:Error|Exception)\b[:(]?\s|\S+:\d+:(?:\d+:)? )")
+_FAILURE_COUNT = re.compile(r"\b[1-9]\d* (?:failed|failures?|errors?)\b|\b(?:failures?|errors?|failed):? [1-9]")
+# Lines that look alarming but say nothing about the cause.
+_DECOY_WORDS = frozenset("passed pass ok success successful successfully skipped".split())
+_DECOY_PHRASES = (
+    "0 errors", "0 failures", "0 failed", "failures: 0", "errors: 0", "failed: 0", "-werror", "--fail",
+    "continue-on-error", "ignore_errors", "ignore-errors", "error_reporting", "errorprone", "on-failure",
+    "fail-fast", "failfast", "allow_failures", "warnings as errors", "✓", "✔",
+)
+# Lines that only restate that something failed: the boundary of the failing command's output.
+_EXIT_MARKERS = re.compile(
+    r"(?:The command \".*\" (?:failed and )?exited with [1-9]|Process completed with exit code [1-9]"
+    r"|Error: Process completed with exit code [1-9]|Finished: FAILURE|ERROR: Job failed"
+    r"|Done\. Your build exited with [1-9]|Script exited with|Command exited with non-zero status"
+    r"|Error: The process '.*' failed|make(?:\[\d+\])?: \*\*\* \[.*\] Error \d+|\s*Command failed with exit code"
+    r"|\s*Got exit code|##\[error\]Process completed with exit code)"
+)
+_EXIT_PHRASES = ("marked build as failure", "returned non-zero exit status")
+_CONTINUATION = re.compile(
+    r"^\s+\S|^\s*at |^\s*File \"|^\s*#\d+ |^\s*\.\.\.|^\s*Caused by|^\s*[-+] |^\s*[|>^~]|^\s*\d+ *[|:]"
+    r"|^(?:Expected|Actual|Received|expected|actual|received|left|right)\b|^\s*(?:in|from) "
+)
+_TEARDOWN_STEP = re.compile(r"^(?:Post |Complete job|Stop containers|Clean ?up)", re.IGNORECASE)
+_TEARDOWN_LINE = re.compile(
+    r"^(?:Post job cleanup|Cleaning up orphan processes|Terminate orphan process|Stop and remove container"
+    r"|after_failure|after_script|store build cache|travis_fold:start:cache)",
+    re.IGNORECASE,
+)
+# A test that failed then passed on a rerun is not the cause.
+_TEST_RESULT = re.compile(
+    r"(?P<name>[\w./\[\]-]+::[\w\[\]./:-]+|\b[A-Z]\w*Test\w*\s*>\s*\w+\(\)|--- (?:FAIL|PASS): \S+|\btest\w+\b)"
+    r"[^\n]{0,40}?\b(?P<verdict>PASSED|PASS|FAILED|FAIL|RERUN|ok|ERROR)\b",
+)
+_MASK = re.compile(r"\d+(?:\.\d+)*|0x[0-9a-f]+|[0-9a-f]{7,}", re.IGNORECASE)
+
+
+def signature(text: str) -> str:
+    """A line with its volatile parts (numbers, hashes) masked, to compare across runs."""
+    return _MASK.sub("#", text.strip())[:200]
+
+
+def line_score(text: str) -> float:
+    """How strongly one cleaned line reads like the cause of a failure."""
+    if len(text) < 3:
+        return 0.0
+    probe = text[:400]
+    lower = probe.lower()
+    words = set(_WORD_RE.findall(lower))
+    score = 0.0
+    if words & _STRONG_WORDS or any(phrase in lower for phrase in _STRONG_PHRASES):
+        score = 4.0
+    elif words & _MEDIUM_WORDS:
+        score = 2.0
+    if score and _STRUCTURAL.match(probe):
+        score = 4.0
+    elif score == 2.0 and _FAILURE_COUNT.search(lower):
+        score = 4.0
+    if score and (words & _DECOY_WORDS or any(phrase in lower for phrase in _DECOY_PHRASES)):
+        score *= 0.25
+    return score
+
+def is_exit_marker(line: LogLine) -> bool:
+    """True for lines that only say the command failed, such as `Process completed with exit code 1`."""
+    return bool(_EXIT_MARKERS.match(line.text)) or any(phrase in line.text for phrase in _EXIT_PHRASES)
+
+
+@dataclass(frozen=True, slots=True)
+class PassingIndex:
+    """The masked lines of the last passing run of the same job: lines found there are not the cause."""
+
+    signatures: frozenset[str]
+
+    @classmethod
+    def build(cls, lines: Iterable[LogLine], cap: int = MAX_PASSING_SIGNATURES) -> PassingIndex:
+        seen: set[str] = set()
+        for line in lines:
+            if line.text.strip():
+                seen.add(signature(line.text))
+                if len(seen) >= cap:
+                    break
+        return cls(frozenset(seen))
+
+    def __contains__(self, text: object) -> bool:
+        return isinstance(text, str) and signature(text) in self.signatures
+
+
+@dataclass(slots=True)
+class _Region:
+    """A stretch of lines around error-like anchors, or before an exit marker."""
+
+    lines: list[LogLine]
+    anchor: int
+    weight: float
+    kind: str
+    job: str
+    step: str
+    signature: str
+    repeats: int = 1
+    recovered: bool = False
+    focus_end: bool = False
+    open_until: int = 0
+    final_score: float = field(default=0.0)
+
+
+class Excerpter:
+    """Feed it a log line by line; `finish()` returns the excerpt. Memory stays bounded."""
+
+    def __init__(self, budget: int = DEFAULT_BUDGET, passing: PassingIndex | None = None) -> None:
+        if budget < 16:
+            raise ValueError("the excerpt budget must be at least 16 bytes")
+        self.budget = budget
+        self.passing = passing
+        self._recent: deque[LogLine] = deque(maxlen=EXIT_WINDOW)
+        self._regions: list[_Region] = []
+        self._open: _Region | None = None
+        self._by_signature: dict[str, _Region] = {}
+        self._tests: dict[str, _Region] = {}
+        self._total = 0
+        self._teardown = False
+        self._last_exit = 0
+        self._job_order: dict[str, int] = {}
+
+    def feed(self, line: LogLine) -> None:
+        self._total = line.number
+        self._job_order.setdefault(line.job, len(self._job_order))
+        text = line.text
+        if _TEARDOWN_LINE.match(text) or (line.step and _TEARDOWN_STEP.match(line.step)):
+            self._teardown = True
+        elif line.marker == "group" and text.startswith("Run "):
+            self._teardown = False
+        if not text.strip():
+            return
+        lower = text.lower()
+        if "pass" in lower or "fail" in lower or " ok" in lower or "rerun" in lower:
+            self._track_test_result(text)
+        if ("exit" in lower or "fail" in lower or "error" in lower) and is_exit_marker(line):
+            self._close_open()
+            self._add_exit_window(line)
+            self._recent.append(line)
+            return
+        score = line_score(text)
+        if self.passing is not None and score and text in self.passing:
+            score *= 0.15
+        if line.marker == "error":
+            score = max(score, 3.0)
+        if self._teardown:
+            score *= 0.4
+        region = self._open
+        if region is not None and (
+            line.number <= region.open_until or (_CONTINUATION.match(text) and score < 2.0)
+        ) and len(region.lines) < MAX_REGION_LINES:
+            region.lines.append(line)
+            if score >= 2.0:
+                region.weight += score / (1 + len(region.lines) / 8)
+                region.open_until = line.number + 2
+            self._recent.append(line)
+            return
+        self._close_open()
+        if score >= 2.0:
+            self._open_region(line, score)
+        self._recent.append(line)
+
+    def _open_region(self, line: LogLine, score: float) -> None:
+        before = [old for old in list(self._recent)[-CONTEXT_BEFORE:] if old.job == line.job]
+        key = signature(line.text)
+        twin = self._by_signature.get(key)
+        if twin is not None:
+            # The same failure again: count it, keep the first copy's lines.
+            twin.repeats += 1
+            return
+        region = _Region(
+            lines=[*before, line],
+            anchor=line.number,
+            weight=score,
+            kind="anchor",
+            job=line.job,
+            step=line.step,
+            signature=key,
+            open_until=line.number + 2,
+        )
+        self._open = region
+        self._by_signature[key] = region
+
+    def _close_open(self) -> None:
+        if self._open is not None:
+            self._keep(self._open)
+            self._open = None
+
+    def _add_exit_window(self, marker: LogLine) -> None:
+        window = [old for old in self._recent if old.job == marker.job and old.step == marker.step]
+        if not window:
+            window = [old for old in self._recent if old.job == marker.job]
+        self._last_exit = marker.number
+        if window:
+            self._keep(
+                _Region(
+                    lines=window,
+                    anchor=marker.number,
+                    weight=2.5,
+                    kind="exit",
+                    job=marker.job,
+                    step=marker.step,
+                    signature=f"exit:{marker.number}",
+                    focus_end=True,
+                )
+            )
+
+    def _keep(self, region: _Region) -> None:
+        self._regions.append(region)
+        if len(self._regions) > 2 * MAX_REGIONS:
+            # Keep the strongest half and the newest half: the cause is usually strong or late.
+            strongest = heapq.nlargest(MAX_REGIONS // 2, self._regions, key=lambda r: r.weight)
+            newest = self._regions[-MAX_REGIONS // 2 :]
+            keep = {id(r) for r in strongest} | {id(r) for r in newest}
+            self._regions = [r for r in self._regions if id(r) in keep]
+            self._by_signature = {r.signature: r for r in self._regions}
+
+    def _track_test_result(self, text: str) -> None:
+        match = _TEST_RESULT.search(text[:240])
+        if not match:
+            return
+        name = re.sub(r"--- (?:FAIL|PASS): ", "", match.group("name"))
+        verdict = match.group("verdict")
+        if verdict in ("FAILED", "FAIL", "ERROR", "RERUN"):
+            if self._open is not None:
+                self._tests[name] = self._open
+        elif name in self._tests:
+            self._tests.pop(name).recovered = True
+
+    def finish(self) -> Excerpt:
+        self._close_open()
+        total = max(self._total, 1)
+        for region in self._regions:
+            position = region.anchor / total
+            score = region.weight * (0.35 + 0.65 * position**2)
+            if region.kind == "exit" and region.anchor == self._last_exit:
+                score *= 1.3
+            if region.recovered:
+                score *= 0.2
+            score *= 1 + 0.1 * math.log1p(region.repeats - 1)
+            region.final_score = score
+        return _pack(self._regions, self.budget, self._total, self._job_order)
+
+
+def _shorten(text: str, cap: int) -> str:
+    """Cut text to at most `cap` UTF-8 bytes, marking the cut with an ellipsis."""
+    data = text.encode("utf-8")
+    if len(data) <= cap:
+        return text
+    ellipsis = "…".encode()
+    cut = data[: max(cap - len(ellipsis), 0)].decode("utf-8", errors="ignore").rstrip()
+    return cut + "…" if cut else ""
+
+
+def _cost(text: str) -> int:
+    return len(text.encode("utf-8")) + 1
+
+
+def _pack(regions: list[_Region], budget: int, total: int, job_order: dict[str, int]) -> Excerpt:
+    """Fill the budget with the best regions first; show the chosen lines in log order."""
+    chosen: dict[tuple[str, int], tuple[LogLine, str]] = {}
+    used = 0
+    for region in sorted(regions, key=lambda r: r.final_score, reverse=True):
+        ordered = region.lines[::-1] if region.focus_end else _anchor_first(region)
+        for line in ordered:
+            key = (line.job, line.number)
+            if key in chosen or not line.text.strip():
+                continue
+            text = _shorten(line.text, LINE_CAP)
+            cost = _cost(text)
+            if used + cost > budget:
+                room = budget - used - 1
+                if room < 24:
+                    continue
+                text = _shorten(line.text, room)
+                cost = _cost(text)
+            chosen[key] = (line, text)
+            used += cost
+        if budget - used < 24:
+            break
+    return Excerpt(blocks=_blocks(chosen, job_order), budget=budget, total_lines=total)
+
+
+def _anchor_first(region: _Region) -> list[LogLine]:
+    """The anchor line, then what follows it, then the context before it."""
+    after = [line for line in region.lines if line.number >= region.anchor]
+    before = [line for line in region.lines if line.number < region.anchor]
+    return after + before[::-1]
+
+
+def _blocks(chosen: dict[tuple[str, int], tuple[LogLine, str]], job_order: dict[str, int]) -> list[ExcerptBlock]:
+    blocks: list[ExcerptBlock] = []
+    current: list[ExcerptLine] = []
+    previous: LogLine | None = None
+    for key in sorted(chosen, key=lambda k: (job_order.get(k[0], 0), k[1])):
+        line, text = chosen[key]
+        if previous is not None and (line.job != previous.job or line.step != previous.step):
+            blocks.append(ExcerptBlock(job=previous.job, step=previous.step, lines=current))
+            current = []
+        current.append(ExcerptLine(number=line.number, text=text))
+        previous = line
+    if previous is not None and current:
+        blocks.append(ExcerptBlock(job=previous.job, step=previous.step, lines=current))
+    return blocks
+
+
+def excerpt_lines(
+    lines: Iterable[LogLine], budget: int = DEFAULT_BUDGET, passing: PassingIndex | None = None
+) -> Excerpt:
+    """Excerpt a whole log in one call."""
+    excerpter = Excerpter(budget, passing)
+    for line in lines:
+        excerpter.feed(line)
+    return excerpter.finish()

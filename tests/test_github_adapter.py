@@ -6,6 +6,7 @@ import asyncio
 import time
 import traceback
 from collections.abc import Iterator
+from pathlib import Path
 
 import jwt
 import pytest
@@ -140,6 +141,11 @@ def test_a_wrong_app_id_fails_without_leaking_the_jwt_or_key(
     assert "eyJ" not in text
     assert "PRIVATE KEY" not in text
     wrong.close()
+
+
+def test_installation_for_repo_uses_the_app_jwt(server: FakeGitHubServer, app: GitHubApp) -> None:
+    assert app.installation_for_repo(REPO) == INSTALLATION
+    assert server.requests_to(r"/installation$")[0].headers["authorization"].startswith("Bearer eyJ")
 
 
 def test_tokens_are_cached_until_five_minutes_before_expiry(
@@ -417,7 +423,7 @@ def test_download_job_log_follows_the_redirect_without_the_token(
 
 
 def test_an_expired_log_url_is_requested_again_once(
-    server: FakeGitHubServer, client: InstallationClient, tmp_path: object
+    server: FakeGitHubServer, client: InstallationClient
 ) -> None:
     run = server.add_run(REPO)
     job = server.add_job(REPO, run["id"], log="the log\n")
@@ -431,6 +437,31 @@ def test_an_expired_log_url_is_requested_again_once(
     with pytest.raises(GitHubError, match="expired"):
         client.download_job_log(REPO, job["id"])
     assert api_requests(server, r"/actions/jobs/\d+/logs$") == 4
+
+
+def test_log_download_remints_a_revoked_token_once(
+    server: FakeGitHubServer, client: InstallationClient
+) -> None:
+    run = server.add_run(REPO)
+    job = server.add_job(REPO, run["id"], log="after re-mint\n")
+    client.get_run(REPO, run["id"])
+    server.revoke_all_tokens()
+    download = client.download_job_log(REPO, job["id"])
+    assert download.path.read_bytes() == b"after re-mint\n"
+    download.path.unlink()
+    assert server.mints[INSTALLATION] == 2
+
+
+def test_a_log_download_that_fails_midway_leaves_no_temp_file(
+    server: FakeGitHubServer, client: InstallationClient, tmp_path: Path
+) -> None:
+    run = server.add_run(REPO)
+    job = server.add_job(REPO, run["id"], log="x")
+    server.fail_next(r"^/_blobs/", 500, times=10)
+    with pytest.raises(GitHubError) as caught:
+        client.download_job_log(REPO, job["id"], directory=tmp_path)
+    assert caught.value.status == 500
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_a_big_log_stops_at_the_cap(server: FakeGitHubServer, client: InstallationClient) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import re
+import ssl
 import tempfile
 import threading
 import time
@@ -11,7 +12,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from functools import partial
+from functools import cache, partial
 from itertools import islice
 from pathlib import Path
 from typing import Any, TypeVar
@@ -20,6 +21,8 @@ import anyio.to_thread
 import httpx
 import jwt
 import requests
+from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
+from cryptography.hazmat.primitives.serialization import load_pem_private_key
 from github import Auth, Github, GithubException, GithubIntegration
 from github.Commit import Commit
 from github.ContentFile import ContentFile
@@ -51,8 +54,10 @@ _SECRET_PATTERNS = re.compile(
 )
 
 
-def app_jwt(app_id: str, private_key_pem: str, now: float) -> str:
-    """The App's own credential: RS256, backdated a minute, valid for nine more."""
+def app_jwt(app_id: str, private_key_pem: str | RSAPrivateKey, now: float) -> str:
+    """The App's own credential: RS256, backdated a minute, valid for nine more.
+
+    Takes the PEM text or, to skip the slow RSA key check on every call, the loaded key."""
     claims = {"iat": int(now) - JWT_BACKDATE_SECONDS, "exp": int(now) + JWT_LIFETIME_SECONDS, "iss": app_id}
     return jwt.encode(claims, private_key_pem, algorithm="RS256")
 
@@ -392,11 +397,14 @@ class _ClockedAppAuth(Auth.AppAuth):
 
     def __init__(self, app_id: str, private_key: str, clock: Callable[[], float]) -> None:
         super().__init__(app_id, private_key)
-        self._pem = private_key
+        key = load_pem_private_key(private_key.encode(), password=None)
+        if not isinstance(key, RSAPrivateKey):
+            raise ValueError("the GitHub App private key must be an RSA key")
+        self._key = key
         self._clock = clock
 
     def create_jwt(self, expiration: int | None = None) -> str:
-        return app_jwt(str(self.app_id), self._pem, self._clock())
+        return app_jwt(str(self.app_id), self._key, self._clock())
 
 
 class _InstallationAuth(Auth.Auth):
@@ -413,6 +421,12 @@ class _InstallationAuth(Auth.Auth):
     @property
     def token(self) -> str:
         return self._tokens.get(self._installation_id)
+
+
+@cache
+def _tls_context() -> ssl.SSLContext:
+    # Loading the CA bundle takes a noticeable fraction of a second; one context serves every client.
+    return ssl.create_default_context()
 
 
 def _scrub(text: str, secrets: Iterable[str]) -> str:
@@ -449,13 +463,15 @@ class GitHubApp:
         self.on_api_call = on_api_call
         self.timeout = timeout
         self.user_agent = user_agent
-        self._private_key = private_key
         self.resilience = _Resilience(retry or RetryPolicy(), clock, sleep)
         self.writes = WriteGate(write_interval, writes_per_minute, writes_per_hour, clock, sleep)
         self.tokens = InstallationTokens(self._mint, clock)
-        self.http = httpx.Client(timeout=timeout, headers={"User-Agent": user_agent, **_API_VERSION_HEADERS})
+        self.http = httpx.Client(
+            timeout=timeout, headers={"User-Agent": user_agent, **_API_VERSION_HEADERS}, verify=_tls_context()
+        )
+        self._app_auth = _ClockedAppAuth(self.app_id, private_key, clock)
         self._integration = GithubIntegration(
-            auth=_ClockedAppAuth(self.app_id, private_key, clock),
+            auth=self._app_auth,
             base_url=self.base_url,
             timeout=timeout,
             user_agent=user_agent,
@@ -467,7 +483,7 @@ class GitHubApp:
         self._lock = threading.Lock()
 
     def jwt(self) -> str:
-        return app_jwt(self.app_id, self._private_key, self.clock())
+        return self._app_auth.create_jwt()
 
     def _mint(self, installation_id: int) -> tuple[str, float]:
         def mint() -> tuple[str, float]:
@@ -639,19 +655,17 @@ class InstallationClient:
 
     def _fetch_redirected(self, path: str, max_bytes: int, directory: Path | None) -> LogDownload | None:
         token = self.app.tokens.get(self.installation_id)
-        reply = self.app.http.get(
-            self.app.base_url + path, headers={"Authorization": f"token {token}"}, follow_redirects=False
-        )
-        _raise_for_api_status(reply)
-        if reply.status_code not in (301, 302, 303, 307, 308):
-            return _save(iter([reply.content]), max_bytes, directory)
+        headers = {"Authorization": f"token {token}"}
+        with self.app.http.stream("GET", self.app.base_url + path, headers=headers) as reply:
+            _raise_for_api_status(reply)
+            if not reply.is_redirect:
+                return _save(reply.iter_bytes(), max_bytes, directory)
+            location = reply.headers["location"]
         # The signed URL carries its own authorisation; the installation token must not travel with it.
-        with self.app.http.stream("GET", reply.headers["location"]) as blob:
+        with self.app.http.stream("GET", location) as blob:
             if blob.status_code in (401, 403, 404, 410):
                 return None
-            if blob.status_code >= 400:
-                blob.read()
-                _raise_for_api_status(blob)
+            _raise_for_api_status(blob)
             return _save(blob.iter_bytes(), max_bytes, directory)
 
     # -- repository content --
@@ -901,6 +915,7 @@ class InstallationClient:
 def _raise_for_api_status(reply: httpx.Response) -> None:
     if reply.status_code < 400:
         return
+    reply.read()
     try:
         data = reply.json()
     except ValueError:
@@ -911,15 +926,20 @@ def _raise_for_api_status(reply: httpx.Response) -> None:
 def _save(chunks: Iterable[bytes], max_bytes: int, directory: Path | None) -> LogDownload:
     size, truncated = 0, False
     with tempfile.NamedTemporaryFile(prefix="mendbot-log-", dir=directory, delete=False) as out:
-        for chunk in chunks:
-            room = max_bytes - size
-            if len(chunk) > room:
-                out.write(chunk[:room])
-                size += room
-                truncated = True
-                break
-            out.write(chunk)
-            size += len(chunk)
+        try:
+            for chunk in chunks:
+                room = max_bytes - size
+                if len(chunk) > room:
+                    # Stop reading here: the rest may be hundreds of megabytes, or a decompression bomb.
+                    out.write(chunk[:room])
+                    size += room
+                    truncated = True
+                    break
+                out.write(chunk)
+                size += len(chunk)
+        except BaseException:
+            Path(out.name).unlink(missing_ok=True)
+            raise
     return LogDownload(Path(out.name), size, truncated)
 
 

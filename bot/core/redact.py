@@ -1,0 +1,378 @@
+"""Redact secrets from text before it leaves Mendbot, keeping every line and every non-secret byte."""
+
+from __future__ import annotations
+
+import binascii
+import re
+import string
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+
+# Downstream checks split redacted text on these placeholders and expect every other byte to be original.
+PLACEHOLDER_RE = re.compile(r"\[REDACTED(?::[a-z0-9_]+)?\]")
+
+PRIVATE_KEY = "private_key"
+BASE64_SECRET = "base64_secret"
+
+# A base64 run shorter than this cannot hold a secret worth finding; a longer one is decoded once, whole.
+MIN_BASE64_RUN = 20
+# Quoted assignment values longer than this are matched word by word, which bounds regex backtracking.
+MAX_QUOTED_VALUE = 1024
+
+_Span = tuple[int, int, str]
+
+
+class RedactionError(Exception):
+    """Redaction could not finish, so the text must not be sent anywhere."""
+
+
+def placeholder(kind: str) -> str:
+    return f"[REDACTED:{kind}]"
+
+
+@dataclass(frozen=True, slots=True)
+class _Rule:
+    """One secret format: cheap lowercase substrings that must occur, and the regex that finds it.
+
+    A `folded` rule's pattern is lowercase and runs on the line with ASCII letters lowercased, which is
+    much faster than re.IGNORECASE and keeps every offset.
+    """
+
+    kind: str
+    triggers: tuple[str, ...]
+    pattern: re.Pattern[str]
+    folded: bool
+
+
+def _rule(kind: str, triggers: tuple[str, ...], pattern: str, *, folded: bool = False) -> _Rule:
+    return _Rule(kind, triggers, re.compile(pattern), folded)
+
+
+_ASSIGNMENT_KEYS = (
+    r"(?:aws[_-]?)?secret[_-]?access[_-]?key|client[_-]?secret|api[_-]?key|access[_-]?key"
+    r"|secret[_-]?key|private[_-]?key|passw(?:or)?d|passphrase|pwd|token|secret"
+)
+# A quoted value runs to its closing quote (spaces included); a bare one ends at a space, quote or separator
+# and does not start with ":", which is prose ("Forgot password::reset") rather than an assignment.
+_VALUE = (
+    r"\s*(?:\\?[\"'])?(?P<secret>"
+    rf"(?<=\\\")[^\"\\]{{1,{MAX_QUOTED_VALUE}}}(?=\\\")"
+    rf"|(?<=\")[^\"]{{1,{MAX_QUOTED_VALUE}}}(?=\")"
+    rf"|(?<=')[^']{{1,{MAX_QUOTED_VALUE}}}(?=')"
+    r"|[^\s\"'\\,;&:][^\s\"'\\,;&]*)"
+)
+
+# Order matters only for ties: when two rules match the same span, the earlier kind names it.
+_RULES: tuple[_Rule, ...] = (
+    _rule(
+        "github_token",
+        ("ghp_", "gho_", "ghu_", "ghr_", "ghs_", "github_pat_"),
+        # New tokens are opaque and may be long with dots; stop before trailing punctuation.
+        r"(?<![A-Za-z0-9])(?:gh[pousr]_|github_pat_)[A-Za-z0-9_.\-]{29,}[A-Za-z0-9_]",
+    ),
+    _rule(
+        "aws_access_key_id",
+        ("akia", "asia", "agpa", "aida", "aroa", "aipa", "anpa", "anva", "abia", "acca"),
+        r"(?<![A-Z0-9])(?:AKIA|ASIA|AGPA|AIDA|AROA|AIPA|ANPA|ANVA|ABIA|ACCA)[A-Z0-9]{16}(?![A-Z0-9])",
+    ),
+    _rule("slack_token", ("xox",), r"(?<![A-Za-z0-9])xox[baprs]-[A-Za-z0-9\-]{10,}"),
+    _rule("slack_token", ("xapp-",), r"(?<![A-Za-z0-9])xapp-[A-Za-z0-9\-]{10,}"),
+    _rule("slack_webhook", ("hooks.slack.com",), r"hooks\.slack\.com/services/(?P<secret>[A-Za-z0-9/]+)"),
+    _rule("anthropic_key", ("sk-ant-",), r"(?<![A-Za-z0-9])sk-ant-[A-Za-z0-9_\-]{20,}"),
+    # Requiring a digit keeps long kebab-case names that happen to start with "sk-" intact.
+    _rule("openai_key", ("sk-",), r"(?<![A-Za-z0-9])sk-(?=[A-Za-z_\-]*[0-9])[A-Za-z0-9_\-]{20,}"),
+    _rule("npm_token", ("npm_",), r"(?<![A-Za-z0-9])npm_[A-Za-z0-9]{36}(?![A-Za-z0-9])"),
+    _rule("gitlab_token", ("glpat-",), r"(?<![A-Za-z0-9])glpat-[A-Za-z0-9_\-]{20,}"),
+    _rule("google_api_key", ("aiza",), r"(?<![A-Za-z0-9])AIza[A-Za-z0-9_\-]{35}(?![A-Za-z0-9_\-])"),
+    _rule("pypi_token", ("pypi-",), r"(?<![A-Za-z0-9])pypi-AgEIcHlwaS5vcmc[A-Za-z0-9_\-]{50,}"),
+    _rule(
+        "jwt",
+        ("eyj",),
+        r"(?<![A-Za-z0-9_\-])eyJ[A-Za-z0-9_\-]{5,}\.eyJ[A-Za-z0-9_\-]{5,}\.[A-Za-z0-9_\-]*",
+    ),
+    _rule(
+        "authorization",
+        ("authorization",),
+        r"authorization\\?[\"']?\s*[:=]\s*\\?[\"']?"
+        r"(?:(?:bearer|basic|token|digest|negotiate|ntlm)\s+)?(?P<secret>[^\s\"'\\,;]+)",
+        folded=True,
+    ),
+    # A bare "Bearer <token>" outside a header; the digit keeps "bearer authentication failed" intact.
+    _rule(
+        "bearer_token",
+        ("bearer",),
+        r"\bbearer\s+(?P<secret>(?=[A-Za-z._~+/\-]*[0-9])[A-Za-z0-9._~+/\-]{16,}=*)",
+        folded=True,
+    ),
+    _rule("url_password", ("://",), r"://[^\s/?#@:\[\]]{0,256}:(?P<secret>[^\s/?#]{1,1024})@"),
+    _rule(
+        "assignment",
+        ("pass", "pwd", "token", "secret", "key"),
+        rf"(?P<key>{_ASSIGNMENT_KEYS})\\?[\"']?\s*(?:=>|:=|=|:){_VALUE}",
+        folded=True,
+    ),
+    _rule(
+        "assignment",
+        ("pass", "pwd", "token", "secret", "key"),
+        rf"--(?:[A-Za-z0-9]+-)*(?P<key>{_ASSIGNMENT_KEYS})\s+(?=[^\s\-]){_VALUE}",
+        folded=True,
+    ),
+)
+
+
+def _prefix_tree_pattern(words: Iterable[str]) -> str:
+    """A regex for any of `words` with shared prefixes factored out, so each position tries one branch."""
+    by_first: dict[str, set[str]] = {}
+    ends_here = False
+    for word in words:
+        if word:
+            by_first.setdefault(word[0], set()).add(word[1:])
+        else:
+            ends_here = True
+    branches = [re.escape(first) + _prefix_tree_pattern(rest) for first, rest in sorted(by_first.items())]
+    if not branches:
+        return ""
+    body = branches[0] if len(branches) == 1 else "(?:" + "|".join(branches) + ")"
+    return f"(?:{body})?" if ends_here else body
+
+
+_TRIGGERS = {trigger for rule in _RULES for trigger in rule.triggers}
+# One pass over the lowercased line decides which rules run; most log lines match none.
+_TRIGGER_RE = re.compile(_prefix_tree_pattern(_TRIGGERS))
+# A longer trigger ("sk-ant-") found in a line implies every trigger inside it ("sk-") is there too.
+_RULES_BY_TRIGGER = {
+    found: tuple(
+        index for index, rule in enumerate(_RULES) if any(trigger in found for trigger in rule.triggers)
+    )
+    for found in _TRIGGERS
+}
+
+# Kinds for assignments, by key name with separators removed.
+_KEY_KINDS = {
+    "password": "password",
+    "passwd": "password",
+    "pwd": "password",
+    "passphrase": "password",
+    "token": "token",
+    "secret": "secret",
+    "clientsecret": "client_secret",
+    "apikey": "api_key",
+    "accesskey": "access_key",
+    "secretkey": "secret_key",
+    "privatekey": PRIVATE_KEY,
+    "secretaccesskey": "aws_secret_access_key",
+    "awssecretaccesskey": "aws_secret_access_key",
+}
+
+# Values that name a secret without being one: masks (GitHub's ***, Travis's [secure], <PASSWORD>),
+# variable references, JSON literals and our own placeholders.
+_NOT_A_SECRET_RE = re.compile(
+    r"\*+[)\]}>.,]*|\[secure\]|<[A-Za-z_-]+>|\$\{\{.*|\$\{?[A-Za-z_][A-Za-z0-9_]*\}?|null|none|true|false|"
+    + PLACEHOLDER_RE.pattern,
+    re.IGNORECASE,
+)
+
+_PEM_BEGIN_RE = re.compile(r"-----BEGIN[A-Z0-9 ]*PRIVATE KEY[A-Z ]*-----")
+_PEM_END_RE = re.compile(r"-----END[A-Z0-9 ]*PRIVATE KEY[A-Z ]*-----")
+
+# Starts only where a run starts, so scanning a line costs one pass. Encoded text starts with a letter
+# (ASCII bytes encode to A-Z or a-f first), which skips "--flags", "/paths" and "----" rules.
+_BASE64_RUN_RE = re.compile(
+    rf"(?<![A-Za-z0-9+/_\-])[A-Za-z][A-Za-z0-9+/_\-]{{{MIN_BASE64_RUN - 1},}}={{0,2}}"
+)
+_ASCII_LOWERCASE = str.maketrans(string.ascii_uppercase, string.ascii_lowercase)
+_URLSAFE_TO_STANDARD = str.maketrans("-_", "+/")
+
+
+def redact_text(text: str) -> str:
+    """Return `text` with every secret replaced by a placeholder; the number of lines never changes."""
+    try:
+        return "\n".join(_redact_stream(text.split("\n")))
+    except Exception as exc:
+        raise _failure(exc) from None
+
+
+def redact_lines(lines: Sequence[str]) -> list[str]:
+    """Redact each line; a private key block spanning lines is replaced line by line, same count out."""
+    try:
+        redacted = list(_redact_stream(lines))
+    except Exception as exc:
+        raise _failure(exc) from None
+    if len(redacted) != len(lines):
+        raise RedactionError("redaction changed the number of lines")
+    return redacted
+
+
+def redact_stream(lines: Iterable[str]) -> Iterator[str]:
+    """Redact lines one at a time, for logs too large to hold; same guarantees as `redact_lines`."""
+    try:
+        yield from _redact_stream(lines)
+    except Exception as exc:
+        raise _failure(exc) from None
+
+
+def contains_secret(text: str) -> bool:
+    """Whether redaction would change `text`: a last check before anything is sent."""
+    try:
+        return any(spans for _, spans in _spans_by_line(text.split("\n")))
+    except Exception as exc:
+        raise _failure(exc) from None
+
+
+def _failure(exc: Exception) -> RedactionError:
+    # Only the exception type: its message or chained context could quote the text being redacted.
+    return RedactionError(f"redaction failed ({type(exc).__name__})")
+
+
+def _redact_stream(lines: Iterable[str]) -> Iterator[str]:
+    for line, spans in _spans_by_line(lines):
+        yield _apply(line, spans) if spans else line
+
+
+def _spans_by_line(lines: Iterable[str]) -> Iterator[tuple[str, list[_Span]]]:
+    """Pair each line with the secret spans in it, carrying private-key blocks across lines."""
+    in_key_block = False
+    for line in lines:
+        if not isinstance(line, str):
+            raise TypeError("lines must be str")
+        spans = _line_spans(line)
+        if in_key_block or "PRIVATE KEY" in line:
+            key_spans, in_key_block = _key_block_spans(line, in_key_block)
+            spans.extend(key_spans)
+        yield line, spans
+
+
+def _key_block_spans(line: str, in_key_block: bool) -> tuple[list[_Span], bool]:
+    spans: list[_Span] = []
+    position = 0
+    if in_key_block:
+        end = _PEM_END_RE.search(line)
+        if end is None:
+            return [(0, len(line), PRIVATE_KEY)], True
+        spans.append((0, end.end(), PRIVATE_KEY))
+        position = end.end()
+    while line.find("PRIVATE KEY", position) != -1:
+        begin = _PEM_BEGIN_RE.search(line, position)
+        if begin is None:
+            break
+        end = _PEM_END_RE.search(line, begin.end())
+        if end is None:
+            # An unterminated block: everything after it is key material until an END line appears.
+            spans.append((begin.start(), len(line), PRIVATE_KEY))
+            return spans, True
+        spans.append((begin.start(), end.end(), PRIVATE_KEY))
+        position = end.end()
+    return spans, False
+
+
+def _line_spans(line: str, *, decode_base64: bool = True) -> list[_Span]:
+    spans: list[_Span] = []
+    assignments: list[_Span] = []
+    folded = ""
+    for rule in _rules_triggered_by(line):
+        if rule.folded and not folded:
+            folded = line.translate(_ASCII_LOWERCASE)
+        for match in rule.pattern.finditer(folded if rule.folded else line):
+            span = _secret_span(rule, match, line)
+            if span is not None:
+                (assignments if rule.kind == "assignment" else spans).append(span)
+    if assignments:
+        # In https://x-access-token:PASS@host the "token:" looks like an assignment whose bare value
+        # would swallow the host; the URL rule knows where the password ends.
+        urls = [span for span in spans if span[2] == "url_password"]
+        spans.extend(span for span in assignments if not _overlaps(span, urls))
+    if decode_base64 and len(line) >= MIN_BASE64_RUN:
+        spans.extend(_base64_spans(line, spans))
+    if spans and "[REDACTED" in line:
+        # Text redacted before must come out unchanged, so a rule that bites into a placeholder was fooled.
+        placeholders = [(*match.span(), "") for match in PLACEHOLDER_RE.finditer(line)]
+        spans = [span for span in spans if not _overlaps(span, placeholders)]
+    return spans
+
+
+def _rules_triggered_by(line: str) -> list[_Rule]:
+    hits = _TRIGGER_RE.findall(line.lower())
+    if not hits:
+        return []
+    wanted = {index for hit in set(hits) for index in _RULES_BY_TRIGGER[hit]}
+    return [_RULES[index] for index in sorted(wanted)]
+
+
+def _secret_span(rule: _Rule, match: re.Match[str], line: str) -> _Span | None:
+    groups = match.re.groupindex
+    start, end = match.span("secret") if "secret" in groups else match.span()
+    value = line[start:end]
+    if _NOT_A_SECRET_RE.fullmatch(value):
+        return None
+    if "key" not in groups:
+        return start, end, rule.kind
+    key = re.sub(r"[_-]", "", match["key"].lower())
+    # PWD=/home/runner/work is the shell's working directory, not a password.
+    if key == "pwd" and value.startswith(("/", "~", ".")):
+        return None
+    return start, end, _KEY_KINDS.get(key, "secret")
+
+
+def _base64_spans(line: str, found: list[_Span]) -> list[_Span]:
+    spans: list[_Span] = []
+    for run in _BASE64_RUN_RE.finditer(line):
+        text = run.group()
+        # Paths, package names and commit SHAs are single-case, and no encoder mixes "+/" with "-_".
+        if text.islower() or text.isupper() or _mixes_alphabets(text):
+            continue
+        start, end = run.span()
+        if found and _overlaps((start, end, BASE64_SECRET), found):
+            continue
+        decoded = _decode_base64(text)
+        if decoded is not None and _holds_secret(decoded):
+            spans.append((start, end, BASE64_SECRET))
+    return spans
+
+
+def _overlaps(span: _Span, others: list[_Span]) -> bool:
+    return any(start < span[1] and span[0] < end for start, end, _ in others)
+
+
+def _mixes_alphabets(text: str) -> bool:
+    return ("/" in text or "+" in text) and ("-" in text or "_" in text)
+
+
+def _decode_base64(run: str) -> str | None:
+    body = run.rstrip("=").translate(_URLSAFE_TO_STANDARD)
+    if len(body) % 4 == 1:
+        body = body[:-1]
+    try:
+        raw = binascii.a2b_base64(body + "=" * (-len(body) % 4))
+    except binascii.Error:
+        return None
+    # Latin-1 maps every byte to one character, so an ASCII secret survives any surrounding binary.
+    return raw.decode("latin-1")
+
+
+def _holds_secret(decoded: str) -> bool:
+    if _PEM_BEGIN_RE.search(decoded):
+        return True
+    return any(_line_spans(part, decode_base64=False) for part in decoded.splitlines())
+
+
+def _apply(line: str, spans: list[_Span]) -> str:
+    pieces: list[str] = []
+    position = 0
+    for start, end, kind in _merge(spans):
+        pieces.append(line[position:start])
+        pieces.append(placeholder(kind))
+        position = end
+    pieces.append(line[position:])
+    return "".join(pieces)
+
+
+def _merge(spans: list[_Span]) -> list[_Span]:
+    """Union overlapping spans; the earliest-starting (then longest) match names the merged one."""
+    merged: list[_Span] = []
+    for start, end, kind in sorted(spans, key=lambda span: (span[0], -span[1])):
+        if merged and start < merged[-1][1]:
+            last_start, last_end, last_kind = merged[-1]
+            merged[-1] = (last_start, max(last_end, end), last_kind)
+        else:
+            merged.append((start, end, kind))
+    return merged

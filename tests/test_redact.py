@@ -1,0 +1,384 @@
+"""Tests for secret redaction: planted secrets of every format vanish, ordinary log text survives."""
+
+from __future__ import annotations
+
+import base64
+import random
+import re
+import string
+import time
+
+import pytest
+
+from bot.core import redact
+from bot.core.redact import (
+    PLACEHOLDER_RE,
+    RedactionError,
+    contains_secret,
+    redact_lines,
+    redact_stream,
+    redact_text,
+)
+
+# Fake secrets are assembled at runtime so no literal in this file looks like a credential to a scanner.
+RNG = random.Random(19)
+
+
+def _chars(alphabet: str, count: int) -> str:
+    return "".join(RNG.choice(alphabet) for _ in range(count))
+
+
+ALNUM = string.ascii_letters + string.digits
+UPPER_ALNUM = string.ascii_uppercase + string.digits
+B64URL = ALNUM + "_-"
+
+
+def _b64url(data: str) -> str:
+    return base64.urlsafe_b64encode(data.encode()).decode().rstrip("=")
+
+
+FAKE_JWT = ".".join(
+    [_b64url('{"alg":"RS256","typ":"JWT"}'), _b64url('{"iss":"12345","exp":1700000000}'), _chars(B64URL, 43)]
+)
+
+SECRETS = {
+    "ghp": "ghp_" + _chars(ALNUM, 36),
+    "gho": "gho_" + _chars(ALNUM, 36),
+    "ghu": "ghu_" + _chars(ALNUM, 36),
+    "ghr": "ghr_" + _chars(ALNUM, 36),
+    "ghs": "ghs_" + _chars(ALNUM, 36),
+    # The new installation-token shape: long, opaque, with dots and a JWT inside.
+    "ghs_long": "ghs_" + FAKE_JWT + "." + _chars(B64URL, 200),
+    "github_pat": "github_pat_" + _chars(ALNUM, 22) + "_" + _chars(ALNUM, 59),
+    "akia": "AKIA" + _chars(UPPER_ALNUM, 16),
+    "asia": "ASIA" + _chars(UPPER_ALNUM, 16),
+    "aroa": "AROA" + _chars(UPPER_ALNUM, 16),
+    "aws_secret": _chars(ALNUM + "/+", 40),
+    "slack": "xoxb-" + _chars(string.digits, 12) + "-" + _chars(string.digits, 12) + "-" + _chars(ALNUM, 24),
+    "slack_user": "xoxp-" + _chars(string.digits, 12) + "-" + _chars(ALNUM, 32),
+    "anthropic": "sk-ant-api03-" + _chars(B64URL, 93) + "AA",
+    "openai": "sk-proj-" + _chars(ALNUM, 48),
+    "openai_legacy": "sk-" + _chars(ALNUM, 48),
+    "jwt": FAKE_JWT,
+    "password": "hunter2-" + _chars(ALNUM, 8),
+    "opaque": _chars(ALNUM, 32),
+}
+
+# Formats recognisable without context; the others are secrets only after "password=" and the like.
+SELF_EVIDENT = [name for name in SECRETS if name not in {"aws_secret", "password", "opaque"}]
+
+# (line with {} where the secret goes, secret name, expected kind)
+PLANTED = [
+    ("git push https://{}@github.com/o/r.git", "ghp", "github_token"),
+    ("Using token {} for checkout", "gho", "github_token"),
+    # A known format inside an assignment is named by the format.
+    ("user token: {}", "ghu", "github_token"),
+    ("refresh={} expires in 3600", "ghr", "github_token"),
+    ("installation token {}.", "ghs", "github_token"),
+    ("installation token {} ok", "ghs_long", "github_token"),
+    ("fine-grained {} (read only)", "github_pat", "github_token"),
+    ("aws configure set aws_access_key_id {}", "akia", "aws_access_key_id"),
+    ("Credentials: {} (session)", "asia", "aws_access_key_id"),
+    ("role key {}", "aroa", "aws_access_key_id"),
+    ("aws_secret_access_key = {}", "aws_secret", "aws_secret_access_key"),
+    ("AWS_SECRET_ACCESS_KEY={} terraform plan", "aws_secret", "aws_secret_access_key"),
+    ("posting to slack with {} failed", "slack", "slack_token"),
+    ("SLACK_USER {}", "slack_user", "slack_token"),
+    ("anthropic.AuthenticationError: invalid x-api-key {}", "anthropic", "anthropic_key"),
+    ("OPENAI key {} rejected", "openai", "openai_key"),
+    ("OPENAI key {} rejected", "openai_legacy", "openai_key"),
+    ("id_token {} decoded", "jwt", "jwt"),
+    ("password={} ok", "password", "password"),
+    ("passwd: {}", "password", "password"),
+    ("mysql --pwd={} -h db", "password", "password"),
+    ('{{"password": "{}", "user": "ci"}}', "password", "password"),
+    ("    DB_PASSWORD: {}", "password", "password"),
+    ("export POSTGRES_PASSWORD={} && make", "password", "password"),
+    ("secret={}", "opaque", "secret"),
+    ("client_secret: '{}'", "opaque", "client_secret"),
+    ("api_key={}&format=json", "opaque", "api_key"),
+    ("APIKEY={}", "opaque", "api_key"),
+    ("access_key: {}", "opaque", "access_key"),
+    ("GITHUB_TOKEN={} gh pr list", "opaque", "token"),
+    ('config = {{"Token" : "{}"}}', "opaque", "token"),
+    ('payload: {{\\"token\\":\\"{}\\"}}', "opaque", "token"),
+    ("docker login --password {} ghcr.io", "password", "password"),
+    ("cloning postgres://ci:{}@db.internal:5432/app", "password", "url_password"),
+    ("remote: https://oauth2:{}@gitlab.example.com/x.git", "opaque", "url_password"),
+    ("> Authorization: Bearer {}", "opaque", "authorization"),
+    ("curl -H 'Authorization: token {}' https://api.github.com", "opaque", "authorization"),
+    ('headers={{"Authorization": "Basic {}"}}', "opaque", "authorization"),
+    ("request failed with bearer {} attached", "opaque", "bearer_token"),
+]
+
+
+def _parts_are_original(redacted: str, original: str) -> bool:
+    """The evaluation metric's check: text between placeholders must be copied from the original."""
+    return all(part in original for part in PLACEHOLDER_RE.split(redacted))
+
+
+@pytest.mark.parametrize(("template", "name", "kind"), PLANTED)
+def test_planted_secret_is_replaced_and_the_rest_is_kept(template: str, name: str, kind: str) -> None:
+    secret = SECRETS[name]
+    line = template.format(secret)
+
+    redacted = redact_text(line)
+
+    assert secret not in redacted
+    assert redacted == template.format(f"[REDACTED:{kind}]")
+    assert contains_secret(line)
+    assert not contains_secret(redacted)
+
+
+def test_the_example_from_the_brief() -> None:
+    assert redact_text("password=hunter2 ok") == "password=[REDACTED:password] ok"
+
+
+@pytest.mark.parametrize("name", ["ghp", "akia", "slack", "anthropic", "jwt"])
+def test_base64_encoded_secret_is_redacted(name: str) -> None:
+    encoded = base64.b64encode(f"ci-user:{SECRETS[name]}".encode()).decode()
+    line = f"echo {encoded} | base64 -d > ~/.netrc"
+
+    redacted = redact_text(line)
+
+    assert redacted == "echo [REDACTED:base64_secret] | base64 -d > ~/.netrc"
+
+
+def test_base64url_encoded_assignment_is_redacted() -> None:
+    encoded = _b64url("DATABASE_URL=postgres://app:" + SECRETS["password"] + "@db/app\nDEBUG=1")
+    line = f"  .env: {encoded}"
+
+    assert redact_text(line) == "  .env: [REDACTED:base64_secret]"
+
+
+def test_base64_of_a_pem_key_is_redacted() -> None:
+    pem = "-----BEGIN RSA PRIVATE KEY-----\n" + _chars(ALNUM, 64) + "\n-----END RSA PRIVATE KEY-----\n"
+    encoded = base64.b64encode(pem.encode()).decode()
+
+    assert redact_text(f"tls.key: {encoded}") == "tls.key: [REDACTED:base64_secret]"
+
+
+def test_base64_of_ordinary_text_is_left_alone() -> None:
+    encoded = base64.b64encode(b"just a harmless configuration blob, nothing to hide").decode()
+    line = f"data: {encoded}"
+
+    assert redact_text(line) == line
+
+
+PEM_KINDS = ["RSA ", "EC ", "OPENSSH ", "DSA ", "ENCRYPTED ", ""]
+
+
+@pytest.mark.parametrize("label", PEM_KINDS)
+def test_pem_block_split_over_lines_is_redacted_line_by_line(label: str) -> None:
+    body = [_chars(ALNUM + "+/", 64) for _ in range(5)] + [_chars(ALNUM, 20) + "=="]
+    lines = [
+        "##[group]Run ./deploy.sh",
+        "Writing deploy key to ~/.ssh/id_key",
+        f"  -----BEGIN {label}PRIVATE KEY-----",
+        *body,
+        f"  -----END {label}PRIVATE KEY----- (written)",
+        "Error: Permission denied (publickey).",
+        "##[error]Process completed with exit code 255.",
+    ]
+
+    redacted = redact_lines(lines)
+
+    assert len(redacted) == len(lines)
+    assert redacted[:2] == lines[:2]
+    assert redacted[2] == "  [REDACTED:private_key]"
+    assert redacted[3:9] == ["[REDACTED:private_key]"] * 6
+    assert redacted[9] == "[REDACTED:private_key] (written)"
+    assert redacted[10:] == lines[10:]
+    assert not any(chunk in "\n".join(redacted) for chunk in body)
+
+
+def test_unterminated_pem_block_redacts_to_the_end() -> None:
+    lines = ["before", "-----BEGIN OPENSSH PRIVATE KEY-----", _chars(ALNUM, 70), _chars(ALNUM, 70)]
+
+    assert redact_lines(lines) == ["before"] + ["[REDACTED:private_key]"] * 3
+
+
+def test_pem_block_inside_one_line_with_escaped_newlines() -> None:
+    key = "-----BEGIN PRIVATE KEY-----\\n" + _chars(ALNUM, 64) + "\\n-----END PRIVATE KEY-----\\n"
+    line = '  "private_key": "' + key + '", "client_email": "ci@example.iam"'
+
+    redacted = redact_text(line)
+
+    assert redacted == '  "private_key": "[REDACTED:private_key]", "client_email": "ci@example.iam"'
+
+
+def test_redact_text_keeps_line_count_across_a_pem_block() -> None:
+    text = "a\n-----BEGIN EC PRIVATE KEY-----\nMHcCAQEE\nabcd\n-----END EC PRIVATE KEY-----\nb\n"
+
+    redacted = redact_text(text)
+
+    assert redacted.count("\n") == text.count("\n")
+    assert redacted.split("\n") == ["a"] + ["[REDACTED:private_key]"] * 4 + ["b", ""]
+
+
+def test_a_public_certificate_is_not_a_secret() -> None:
+    lines = ["-----BEGIN CERTIFICATE-----", "MIIBszCCAVmgAwIBAgIU", "-----END CERTIFICATE-----", "next"]
+
+    assert redact_lines(lines) == lines
+
+
+def test_pem_block_inside_a_larger_log_via_stream() -> None:
+    log = [f"step {n}: ok" for n in range(50)]
+    log[20:20] = [
+        "-----BEGIN RSA PRIVATE KEY-----",
+        "Proc-Type: 4,ENCRYPTED",
+        "",
+        "abc",
+        "-----END RSA PRIVATE KEY-----",
+    ]
+
+    redacted = list(redact_stream(iter(log)))
+
+    assert len(redacted) == len(log)
+    assert redacted[20:25] == ["[REDACTED:private_key]"] * 5
+    assert redacted[:20] == log[:20]
+    assert redacted[25:] == log[25:]
+
+
+ORDINARY_LINES = [
+    "HEAD is now at 0123456789abcdef0123456789abcdef01234567 Merge pull request #42",
+    "Run ID 123e4567-e89b-12d3-a456-426614174000 started",
+    '  File "/home/runner/work/mendbot/mendbot/bot/core/redact.py", line 12, in <module>',
+    "Successfully installed pydantic-2.7.1 pydantic-core-2.18.2 typing-extensions-4.11.0",
+    'psql: error: FATAL:  Password authentication failed for user "postgres"',
+    "remote: Invalid username or password.",
+    "Enter your password to continue",
+    "token=",
+    'token: ""',
+    "  token: ***",
+    "  password: ***",
+    "  GITHUB_TOKEN: ***",
+    "  with: token: ${{ secrets.GITHUB_TOKEN }}",
+    "export NPM_TOKEN=$NPM_TOKEN",
+    "PWD=/home/runner/work/mendbot/mendbot",
+    "OLDPWD=/home/runner",
+    "max_tokens=4096 num_tokens: 17 tokenizer=bpe",
+    "git@github.com: Permission denied (publickey).",
+    "Fetching https://github.com/o/r.git refs/heads/main",
+    "Listening on http://127.0.0.1:8000/health (Press CTRL+C to quit)",
+    "Bearer authentication failed: token expired",
+    "Authorization header is missing",
+    "gcc -Wno-deprecated-declarations -Wunreachable-code-return -o build/out main.c",
+    "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855",
+    "Downloading https://files.pythonhosted.org/packages/ab/cd/ef0123456789/requests-2.32.3.tar.gz",
+    "secrets: inherit",
+    "test_task-runner-configuration-without-digits-passes PASSED",
+    "  [secure] values are hidden by Travis",
+    "Forgot password::requesting password reset",
+    "::add-mask::***",
+    "=============== 3 failed, 120 passed in 12.34s ===============",
+]
+
+
+@pytest.mark.parametrize("line", ORDINARY_LINES)
+def test_ordinary_log_text_is_not_redacted(line: str) -> None:
+    assert redact_text(line) == line
+    assert not contains_secret(line)
+
+
+def test_redaction_is_idempotent() -> None:
+    lines = [template.format(SECRETS[name]) for template, name, _ in PLANTED]
+
+    once = redact_lines(lines)
+
+    assert redact_lines(once) == once
+    assert not any(contains_secret(line) for line in once)
+
+
+def _random_line(rng: random.Random) -> str:
+    pieces = [
+        lambda: rng.choice(ORDINARY_LINES),
+        lambda: rng.choice(PLANTED)[0].format(SECRETS[rng.choice(list(SECRETS))]),
+        lambda: "".join(rng.choice(string.printable) for _ in range(rng.randint(0, 80))),
+        lambda: base64.b64encode(rng.randbytes(rng.randint(10, 60))).decode(),
+        lambda: rng.choice(["-----BEGIN RSA PRIVATE KEY-----", "-----END RSA PRIVATE KEY-----", "", "\r"]),
+        lambda: "token=" + "".join(rng.choice(ALNUM + "=:@/\"' ") for _ in range(rng.randint(0, 30))),
+    ]
+    return " ".join(rng.choice(pieces)() for _ in range(rng.randint(1, 3)))
+
+
+@pytest.mark.parametrize("seed", range(30))
+def test_random_line_lists_keep_their_length_and_original_bytes(seed: int) -> None:
+    rng = random.Random(seed)
+    lines = [_random_line(rng).replace("\n", " ") for _ in range(rng.randint(0, 60))]
+
+    redacted = redact_lines(lines)
+
+    assert len(redacted) == len(lines)
+    for original, out in zip(lines, redacted, strict=True):
+        assert _parts_are_original(out, original)
+
+
+@pytest.mark.parametrize("seed", range(30))
+def test_random_text_keeps_its_newlines(seed: int) -> None:
+    rng = random.Random(1000 + seed)
+    text = "\n".join(_random_line(rng) for _ in range(rng.randint(0, 40)))
+
+    redacted = redact_text(text)
+
+    assert redacted.count("\n") == text.count("\n")
+    for name in SELF_EVIDENT:
+        if SECRETS[name] in text:
+            assert SECRETS[name] not in redacted
+
+
+def test_failing_internals_raise_redaction_error_without_the_text(monkeypatch: pytest.MonkeyPatch) -> None:
+    secret = SECRETS["ghp"]
+
+    class BrokenPattern:
+        def finditer(self, text: str) -> None:
+            raise ValueError(f"cannot scan {text}")
+
+    broken = redact._Rule("github_token", ("ghp_",), BrokenPattern(), False)  # type: ignore[arg-type]
+    monkeypatch.setattr(redact, "_RULES", (broken, *redact._RULES[1:]))
+
+    for call in (
+        redact_text,
+        contains_secret,
+        lambda t: redact_lines([t]),
+        lambda t: list(redact_stream([t])),
+    ):
+        with pytest.raises(RedactionError) as caught:
+            call(f"token {secret}")
+        assert secret not in str(caught.value)
+        assert caught.value.__cause__ is None
+        assert caught.value.__suppress_context__
+
+
+def test_non_string_input_raises_redaction_error() -> None:
+    with pytest.raises(RedactionError):
+        redact_lines(["fine", b"bytes are not text"])  # type: ignore[list-item]
+    with pytest.raises(RedactionError):
+        redact_text(None)  # type: ignore[arg-type]
+
+
+def test_adversarial_lines_are_linear() -> None:
+    # Each of these would take minutes if a pattern backtracked quadratically.
+    lines = [
+        'password="' * 10_000,
+        "://a:" * 20_000,
+        "ghp_" + "a." * 50_000,
+        "eyJaaaaaa.eyJaaaaa." * 5_000,
+        "-----BEGIN PRIVATE KEY-----" * 4_000,
+        "token" + " " * 100_000,
+        "--password " * 10_000,
+        "A" * 200_000,
+    ]
+    started = time.perf_counter()
+
+    redacted = redact_lines(lines)
+
+    assert time.perf_counter() - started < 10
+    assert len(redacted) == len(lines)
+
+
+def test_placeholders_are_exactly_the_documented_shape() -> None:
+    lines = [template.format(SECRETS[name]) for template, name, _ in PLANTED]
+    for line in redact_lines(lines):
+        for found in re.findall(r"\[REDACTED[^\]]*\]", line):
+            assert PLACEHOLDER_RE.fullmatch(found)

@@ -1,13 +1,16 @@
 """Real, throwaway PostgreSQL and Redis servers for tests, started on free ports in temporary directories.
 
-Use the fixtures by importing them into a test module:
+Use the fixtures by loading this module as a plugin at the top of a test module:
 
-    from tests.servers import postgres_url, redis_url
+    pytest_plugins = ["tests.servers"]
 
-`postgres_url` gives each test a fresh, empty database (postgresql+psycopg://...) and `redis_url` a
-flushed Redis database (redis://...). One server of each kind is started lazily per test session, shared
-by every module that imports the fixtures, and stopped when the session ends. For a server a test may
-stop and start itself, use `PostgresServer` / `RedisServer` directly as context managers.
+(`from tests.servers import postgres_url, redis_url` works too, but ruff then needs `noqa: F401, F811`.)
+
+- `postgres_url`: a fresh, empty database (postgresql+psycopg://...) on a PostgreSQL server shared by
+  the whole session.
+- `redis_url`: database 0 of a Redis server shared by the whole session, flushed before each test.
+- `own_postgres`, `own_redis`: a started server for this test alone, which it may stop and start.
+The shared servers start on first use and stop when the session ends.
 
 Tests skip, saying why, only when the server binaries are not installed (`make system-deps` installs
 them). When the tests run as root, PostgreSQL (which refuses to run as root) runs as the `postgres`
@@ -28,6 +31,7 @@ import subprocess
 import tempfile
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
 from typing import Self, TypeVar
@@ -260,3 +264,24 @@ def redis_url(request: pytest.FixtureRequest) -> str:
     client.flushdb()
     client.close()
     return server.url
+
+
+def _own_server(kind: type[Server]) -> Iterator[Server]:
+    try:
+        server = kind()
+    except FileNotFoundError as missing:
+        pytest.skip(str(missing))
+    with server:
+        yield server
+
+
+@pytest.fixture
+def own_postgres() -> Iterator[PostgresServer]:
+    """A running PostgreSQL server for this test alone."""
+    yield from _own_server(PostgresServer)
+
+
+@pytest.fixture
+def own_redis() -> Iterator[RedisServer]:
+    """A running Redis server for this test alone."""
+    yield from _own_server(RedisServer)

@@ -8,13 +8,18 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 from huey import RedisHuey, SqliteHuey
 
 from bot.adapters.queue import Queue, QueueUnavailable, make_huey, requeue_unfinished, sqlite_queue_path
 from bot.adapters.store import DeliveryStatus, Store, migrate
-from tests.servers import RedisServer, redis_url  # noqa: F401 - fixture
+
+if TYPE_CHECKING:
+    from tests.servers import RedisServer
+
+pytest_plugins = ["tests.servers"]  # fixtures that start real PostgreSQL and Redis servers
 
 NOW = datetime(2025, 3, 10, 12, 0, tzinfo=UTC)
 
@@ -228,19 +233,14 @@ def test_immediate_mode_runs_inside_enqueue(tmp_path: Path, store: Store) -> Non
     assert not (tmp_path / "queue.db").exists()
 
 
-def test_a_stopped_redis_fails_ping_and_enqueue(store: Store) -> None:
-    try:
-        server = RedisServer()
-    except FileNotFoundError as missing:
-        pytest.skip(str(missing))
-    with server:
-        queue = Queue(make_huey(server.url, "unused.db"), store)
-        queue.register(Recorder())
-        assert queue.ping() is True
-        server.stop()
-        assert queue.ping() is False
-        with pytest.raises(QueueUnavailable):
-            queue.enqueue("d-1")
+def test_a_stopped_redis_fails_ping_and_enqueue(own_redis: RedisServer, store: Store) -> None:
+    queue = Queue(make_huey(own_redis.url, "unused.db"), store)
+    queue.register(Recorder())
+    assert queue.ping() is True
+    own_redis.stop()
+    assert queue.ping() is False
+    with pytest.raises(QueueUnavailable):
+        queue.enqueue("d-1")
 
 
 def test_a_handler_can_be_registered_only_once(backend: Backend, store: Store) -> None:

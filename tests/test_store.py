@@ -6,6 +6,7 @@ import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 import sqlalchemy as sa
@@ -21,7 +22,11 @@ from bot.adapters.store import (
     Usage,
     migrate,
 )
-from tests.servers import PostgresServer, free_port, postgres_url  # noqa: F401 - fixture
+
+if TYPE_CHECKING:
+    from tests.servers import PostgresServer
+
+pytest_plugins = ["tests.servers"]  # fixtures that start real PostgreSQL and Redis servers
 
 NOW = datetime(2025, 3, 10, 12, 0, tzinfo=UTC)
 
@@ -262,7 +267,7 @@ def test_sqlite_is_shared_through_wal(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("url", [
     "sqlite:////nonexistent-directory/state.db",
-    f"postgresql+psycopg://nobody@127.0.0.1:{free_port()}/mendbot",
+    "postgresql+psycopg://nobody@127.0.0.1:9/mendbot",  # the discard port: nothing listens there
 ])
 def test_an_unreachable_database_is_reported_as_unavailable(url: str) -> None:
     store = Store(url, connect_timeout=2)
@@ -273,28 +278,30 @@ def test_an_unreachable_database_is_reported_as_unavailable(url: str) -> None:
         store.migrate()
 
 
-def test_a_stopped_postgres_is_unavailable_until_it_returns() -> None:
-    try:
-        server = PostgresServer()
-    except FileNotFoundError as missing:
-        pytest.skip(str(missing))
-    with server:
-        url = server.create_database()
-        store = Store(url, connect_timeout=2)
-        store.migrate()
-        assert save(store, "d-1") is True
+def test_a_stopped_postgres_is_unavailable_until_it_returns(own_postgres: PostgresServer) -> None:
+    store = Store(own_postgres.create_database(), connect_timeout=2)
+    store.migrate()
+    assert save(store, "d-1") is True
 
-        server.stop()
-        assert store.ping() is False
-        with pytest.raises(StoreUnavailable):
-            store.get_delivery("d-1")
+    own_postgres.stop()
+    assert store.ping() is False
+    with pytest.raises(StoreUnavailable):
+        store.get_delivery("d-1")
 
-        server.start()
-        assert store.ping() is True
-        assert save(store, "d-1") is False
-        store.close()
+    own_postgres.start()
+    assert store.ping() is True
+    assert save(store, "d-1") is False
+    store.close()
 
 
 def test_an_unknown_url_scheme_is_refused() -> None:
     with pytest.raises(ValueError, match="unsupported"):
         Store("mysql://localhost/mendbot")
+
+
+def test_a_plain_postgres_url_uses_psycopg(postgres_url: str) -> None:
+    store = Store(postgres_url.replace("postgresql+psycopg://", "postgres://"))
+    store.migrate()
+    assert store.engine.url.drivername == "postgresql+psycopg"
+    assert store.ping() is True
+    store.close()

@@ -292,6 +292,8 @@ class Store:
 
     def __init__(self, url: str, *, connect_timeout: int = 5) -> None:
         parsed = make_url(url)
+        if parsed.drivername in ("postgres", "postgresql"):  # psycopg 3 is the driver we ship
+            parsed = parsed.set(drivername="postgresql+psycopg")
         self.dialect = parsed.get_backend_name()
         if self.dialect == "sqlite":
             self.engine = create_engine(parsed, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_SECONDS})

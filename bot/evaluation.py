@@ -124,6 +124,25 @@ def classify_excerpt(excerpt: Excerpt) -> tuple[str, str, str]:
     )
 
 
+def excerpt_row(case: Case, budget: int) -> dict[str, Any]:
+    """One line of `mendbot excerpt` output for a case."""
+    excerpt, _ = excerpt_case(case, budget)
+    category, severity, fingerprint = classify_excerpt(excerpt)
+    return {
+        "id": case.id,
+        "lines": [[line.number, line.text] for line in excerpt.lines],
+        "category": category,
+        "severity": severity,
+        "fingerprint": fingerprint,
+    }
+
+
+def excerpt_rows(cases: list[Case], budget: int, workers: int = 2) -> Iterator[dict[str, Any]]:
+    """Excerpt rows for every case, in manifest order, computed in parallel processes."""
+    with ProcessPoolExecutor(max_workers=workers) as pool:
+        yield from pool.map(excerpt_row, cases, [budget] * len(cases), chunksize=4)
+
+
 @dataclass(frozen=True, slots=True)
 class Report:
     """Figures for one budget: ours beside the baseline, plus category accuracy."""

@@ -7,10 +7,11 @@ import math
 import re
 from collections import deque
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from bot.core.logs import LogLine
 from bot.core.models import Excerpt, ExcerptBlock, ExcerptLine
+from bot.core.redact import placeholder, redact_text
 
 DEFAULT_BUDGET = 4096
 # A long line is shortened so one minified bundle or JSON blob cannot eat the budget.
@@ -59,6 +60,10 @@ _EXIT_MARKERS = re.compile(
     r"|\s*Got exit code|##\[error\]Process completed with exit code)"
 )
 _EXIT_PHRASES = ("marked build as failure", "returned non-zero exit status")
+# Whole-job verdicts: they close the log, not the failing command, so what precedes them is often cleanup.
+_JOB_VERDICTS = ("Done. Your build exited with", "Finished: FAILURE", "ERROR: Job failed")
+# The last lines a failing command printed before its exit marker come first in the excerpt.
+EXIT_FOCUS_LINES = 6
 _CONTINUATION = re.compile(
     r"^\s+\S|^\s*at |^\s*File \"|^\s*#\d+ |^\s*\.\.\.|^\s*Caused by|^\s*[-+] |^\s*[|>^~]|^\s*\d+ *[|:]"
     r"|^(?:Expected|Actual|Received|expected|actual|received|left|right)\b|^\s*(?:in|from) "
@@ -141,6 +146,7 @@ class _Region:
     repeats: int = 1
     recovered: bool = False
     focus_end: bool = False
+    rank_in_segment: int = 0
     open_until: int = 0
     final_score: float = field(default=0.0)
 
@@ -160,12 +166,15 @@ class Excerpter:
         self._tests: dict[str, _Region] = {}
         self._total = 0
         self._teardown = False
-        self._last_exit = 0
+        self._last_exit: _Region | None = None
+        self._segment_regions = 0
         self._job_order: dict[str, int] = {}
+        self._in_key_block = False
 
     def feed(self, line: LogLine) -> None:
         self._total = line.number
         self._job_order.setdefault(line.job, len(self._job_order))
+        line = self._hide_key_block(line)
         text = line.text
         if _TEARDOWN_LINE.match(text) or (line.step and _TEARDOWN_STEP.match(line.step)):
             self._teardown = True
@@ -203,6 +212,17 @@ class Excerpter:
             self._open_region(line, score)
         self._recent.append(line)
 
+    def _hide_key_block(self, line: LogLine) -> LogLine:
+        """Blank out every line of a PEM private key, which a line-by-line redactor cannot see whole."""
+        if "PRIVATE KEY" in line.text and "-----BEGIN" in line.text:
+            self._in_key_block = "-----END" not in line.text
+            return replace(line, text=placeholder("private_key"))
+        if self._in_key_block:
+            if "-----END" in line.text:
+                self._in_key_block = False
+            return replace(line, text=placeholder("private_key"))
+        return line
+
     def _open_region(self, line: LogLine, score: float) -> None:
         before = [old for old in list(self._recent)[-CONTEXT_BEFORE:] if old.job == line.job]
         key = signature(line.text)
@@ -220,7 +240,9 @@ class Excerpter:
             step=line.step,
             signature=key,
             open_until=line.number + 2,
+            rank_in_segment=self._segment_regions,
         )
+        self._segment_regions += 1
         self._open = region
         self._by_signature[key] = region
 
@@ -233,20 +255,23 @@ class Excerpter:
         window = [old for old in self._recent if old.job == marker.job and old.step == marker.step]
         if not window:
             window = [old for old in self._recent if old.job == marker.job]
-        self._last_exit = marker.number
-        if window:
-            self._keep(
-                _Region(
-                    lines=window,
-                    anchor=marker.number,
-                    weight=2.5,
-                    kind="exit",
-                    job=marker.job,
-                    step=marker.step,
-                    signature=f"exit:{marker.number}",
-                    focus_end=True,
-                )
-            )
+        verdict = marker.text.startswith(_JOB_VERDICTS)
+        self._segment_regions = 0
+        if not window:
+            return
+        region = _Region(
+            lines=window,
+            anchor=marker.number,
+            weight=1.0 if verdict else 2.5,
+            kind="exit",
+            job=marker.job,
+            step=marker.step,
+            signature=f"exit:{marker.number}",
+            focus_end=True,
+        )
+        self._keep(region)
+        if not verdict:
+            self._last_exit = region
 
     def _keep(self, region: _Region) -> None:
         self._regions.append(region)
@@ -276,12 +301,26 @@ class Excerpter:
         for region in self._regions:
             position = region.anchor / total
             score = region.weight * (0.35 + 0.65 * position**2)
-            if region.kind == "exit" and region.anchor == self._last_exit:
-                score *= 1.3
+            if region.rank_in_segment:
+                score *= 0.85
             if region.recovered:
                 score *= 0.2
             score *= 1 + 0.1 * math.log1p(region.repeats - 1)
             region.final_score = score
+        if self._last_exit is not None:
+            last = self._last_exit
+            focus = _Region(
+                lines=last.lines[-EXIT_FOCUS_LINES:],
+                anchor=last.anchor,
+                weight=last.weight,
+                kind="exit-focus",
+                job=last.job,
+                step=last.step,
+                signature="exit-focus",
+                focus_end=True,
+                final_score=float("inf"),
+            )
+            self._regions.append(focus)
         return _pack(self._regions, self.budget, self._total, self._job_order)
 
 
@@ -291,7 +330,11 @@ def _shorten(text: str, cap: int) -> str:
     if len(data) <= cap:
         return text
     ellipsis = "…".encode()
-    cut = data[: max(cap - len(ellipsis), 0)].decode("utf-8", errors="ignore").rstrip()
+    cut = data[: max(cap - len(ellipsis), 0)].decode("utf-8", errors="ignore")
+    opened = cut.rfind("[REDACTED")
+    if opened != -1 and "]" not in cut[opened:]:
+        cut = cut[:opened]  # never leave half a placeholder, which would read as log text
+    cut = cut.rstrip()
     return cut + "…" if cut else ""
 
 
@@ -309,13 +352,15 @@ def _pack(regions: list[_Region], budget: int, total: int, job_order: dict[str, 
             key = (line.job, line.number)
             if key in chosen or not line.text.strip():
                 continue
-            text = _shorten(line.text, LINE_CAP)
+            # Redact before measuring, so the budget holds for the text that actually leaves.
+            clean = redact_text(line.text)
+            text = _shorten(clean, LINE_CAP)
             cost = _cost(text)
             if used + cost > budget:
                 room = budget - used - 1
                 if room < 24:
                     continue
-                text = _shorten(line.text, room)
+                text = _shorten(clean, room)
                 cost = _cost(text)
             chosen[key] = (line, text)
             used += cost

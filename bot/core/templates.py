@@ -1,0 +1,47 @@
+"""Every message Mendbot writes for people, kept in one place."""
+
+from __future__ import annotations
+
+from typing import Final
+
+from bot.core.models import Category
+
+MARKER: Final = "<!-- mendbot:fingerprint={fingerprint} -->"
+ISSUE_TITLE: Final = "🚨 [AUTO] {category}: {summary}"
+ONE_LINE: Final = "[{severity}] {repository}{category}: {summary} ({fingerprint})"
+COMMENT_HEADING: Final = "## {icon} Mendbot diagnosis: {title}"
+CHECK_RUN_NAME: Final = "Mendbot diagnosis"
+RULES_NOTE: Final = (
+    "This diagnosis is rule-based: no model was used. It matched the log against Mendbot's "
+    "{rule_count} rules and quotes the lines that matched."
+)
+FALLBACK_RULE_NOTE: Final = "No rule matched; this names the most error-like line in the log."
+TRUNCATED_NOTE: Final = "\n\n_(Trimmed to fit GitHub's comment size limit.)_"
+OUTDATED_SUMMARY: Final = "Earlier diagnosis (outdated: the failure changed)"
+FOOTER_RULES: Final = "Diagnosed by Mendbot from the rules · confidence {confidence:.0%}"
+FOOTER_MODEL: Final = (
+    "Diagnosed by Mendbot with {model} · {input_tokens:,} in / {output_tokens:,} out tokens · "
+    "${cost:.4f} · confidence {confidence:.0%}"
+)
+
+SEVERITY_ICON: Final = {"low": "ℹ️", "medium": "⚠️", "high": "❌", "critical": "🚨"}
+
+IMPACT: Final[dict[Category, str]] = {
+    Category.TEST_FAILURE: "Tests fail, so this change cannot be trusted or merged until they pass.",
+    Category.COMPILE_ERROR: "The build does not compile; nothing after the build step ran.",
+    Category.LINT: "A style or static check failed; the code may work, but the pipeline is red.",
+    Category.DEPENDENCY: "Dependencies could not be installed or resolved, so the job stopped before testing.",
+    Category.NETWORK: "A network call failed; the failure may be transient and unrelated to the change.",
+    Category.TIMEOUT: "The job ran out of time; results after that point are missing.",
+    Category.OOM: "The job ran out of memory and was killed.",
+    Category.CRASH: "A process crashed; its results, and anything after it, are missing.",
+    Category.INFRASTRUCTURE: "The CI infrastructure failed; the change itself may be fine.",
+    Category.CONFIGURATION: "The workflow or environment is misconfigured, so the job cannot run as intended.",
+    Category.CANCELLED: "The run was cancelled or interrupted before it finished.",
+    Category.UNKNOWN: "The job failed for a reason the rules do not recognise; see the evidence.",
+}
+
+FIX_SUGGESTION: Final[dict[Category, str]] = {
+    Category.TIMEOUT: "Raise the job's or step's `timeout-minutes` moderately, or split the slow work.",
+    Category.NETWORK: "Add a bounded retry around the failing download or network step.",
+}

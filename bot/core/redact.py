@@ -240,10 +240,11 @@ def _spans_by_line(lines: Iterable[str]) -> Iterator[tuple[str, list[_Span]]]:
     for line in lines:
         if not isinstance(line, str):
             raise TypeError("lines must be str")
-        spans = _line_spans(line)
+        spans: list[_Span] = []
         if in_key_block or "PRIVATE KEY" in line:
-            key_spans, in_key_block = _key_block_spans(line, in_key_block)
-            spans.extend(key_spans)
+            # Key spans go first so that, on a tie, a key line is always labelled private_key.
+            spans, in_key_block = _key_block_spans(line, in_key_block)
+        spans.extend(_line_spans(line))
         yield line, spans
 
 

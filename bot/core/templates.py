@@ -45,3 +45,29 @@ FIX_SUGGESTION: Final[dict[Category, str]] = {
     Category.TIMEOUT: "Raise the job's or step's `timeout-minutes` moderately, or split the slow work.",
     Category.NETWORK: "Add a bounded retry around the failing download or network step.",
 }
+
+# Why the model was not used, or not believed; each is shown as a note on the rule-based diagnosis.
+CAP_HOURLY_REASON: Final = "{repository} has had {count} model diagnoses this hour (limit {limit})"
+CAP_REPOSITORY_DAILY_REASON: Final = (
+    "{repository} has spent ${spent:.2f} of its ${limit:.2f} daily model budget"
+)
+CAP_INSTALLATION_DAILY_REASON: Final = (
+    "this installation has spent ${spent:.2f} of its ${limit:.2f} daily model budget"
+)
+CAP_STORE_REASON: Final = "the usage records could not be read, so the spending caps could not be checked"
+MODEL_CAPPED_NOTE: Final = "The model was not used because a spending cap was reached: {reasons}."
+MODEL_BREAKER_NOTE: Final = (
+    "The model was not used: its API kept failing, so Mendbot pauses model calls until {until:%H:%M} UTC."
+)
+MODEL_UNAVAILABLE_NOTE: Final = (
+    "The model could not be asked ({reason}), so this is the rule-based diagnosis."
+)
+MODEL_REDACTION_NOTE: Final = (
+    "The model was not used: the log could not be redacted safely, so nothing was sent."
+)
+MODEL_PROMPT_NOTE: Final = "The model was not used: the facts did not fit in the prompt's size budget."
+MODEL_INVALID_NOTE: Final = "The model's answer was invalid twice, so this is the rule-based diagnosis."
+MODEL_INVENTED_NOTE: Final = (
+    "The model's diagnosis was discarded because none of its evidence is in the log; "
+    "this is the rule-based diagnosis."
+)

@@ -71,3 +71,23 @@ MODEL_INVENTED_NOTE: Final = (
     "The model's diagnosis was discarded because none of its evidence is in the log; "
     "this is the rule-based diagnosis."
 )
+
+# The GitHub App's own bodies: sticky PR comments, incident issues and config reports.
+STICKY_MARKER: Final = "<!-- mendbot:sticky=workflow-{workflow_id} -->"
+OCCURRENCE_MARKER: Final = "<!-- mendbot:occurrence={run} -->"
+CONFIG_MARKER: Final = "<!-- mendbot:config={digest} -->"
+OCCURRENCE_LINE: Final = "**Occurrences:** seen {count} time{plural}; latest in [this run]({run_url}) at {when}."
+OCCURRENCE_COMMENT: Final = "Seen again{quiet} in [this run]({run_url}); {count} occurrences in all.\n{marker}"
+OTHER_JOBS_HEADING: Final = "### Other failed jobs"
+OTHER_JOB_LINE: Final = "- **{job}**: {line}"
+CHECK_RUN_TITLE: Final = "{category}: {summary}"
+ANNOTATION_TITLE: Final = "Mendbot: {category}"
+SKIPPED_JOBS_NOTE: Final = "{count} more failed job(s) were not diagnosed: {names}."
+LOG_TRUNCATED_NOTE: Final = "The log of {job} was cut at {limit:,} bytes; the end of it was not read."
+LOG_UNREADABLE_NOTE: Final = "The log of {job} could not be read: {reason}"
+CONFIG_ISSUE_TITLE: Final = "⚠️ Mendbot: .github/mendbot.yml is invalid"
+CONFIG_ISSUE_BODY: Final = (
+    "Mendbot could not use this repository's `.github/mendbot.yml`, so it carries on with its defaults "
+    "until the file is fixed:\n\n{problems}\n\n"
+    "The keys are described in Mendbot's configuration reference (docs/configuration.md).\n{marker}"
+)

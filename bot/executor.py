@@ -1,0 +1,297 @@
+"""Carry out approved plan steps through the GitHub adapter, once each, keyed in the side-effect ledger."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from bot.adapters.github import Annotation as GhAnnotation
+from bot.adapters.github import Comment, InstallationClient
+from bot.adapters.store import Store
+from bot.core import templates
+from bot.core.render import marker
+from bot.plan import CheckRunStep, ConfigProblemIssue, IncidentIssue, Step, StickyComment
+from bot.policy.gates import Decision, RateGate
+from bot.policy.repo_config import RepoConfig
+
+log = logging.getLogger(__name__)
+
+#: A claim another delivery made this recently may still be in progress in another process.
+CLAIM_TIMEOUT = timedelta(minutes=2)
+
+
+class EffectBusy(RuntimeError):
+    """Another worker holds the claim on a side effect; the delivery is retried later."""
+
+
+class KeyedLocks:
+    """One lock per side-effect key, so two threads of one process never race on the same effect."""
+
+    def __init__(self) -> None:
+        self._guard = threading.Lock()
+        self._locks: dict[str, tuple[threading.Lock, int]] = {}
+
+    @contextmanager
+    def hold(self, key: str) -> Iterator[None]:
+        with self._guard:
+            lock, users = self._locks.get(key, (threading.Lock(), 0))
+            self._locks[key] = (lock, users + 1)
+        try:
+            with lock:
+                yield
+        finally:
+            with self._guard:
+                lock, users = self._locks[key]
+                if users == 1:
+                    del self._locks[key]
+                else:
+                    self._locks[key] = (lock, users - 1)
+
+
+@dataclass(frozen=True)
+class Done:
+    """What one step did: `created`, `edited`, `skipped`, … and the GitHub object it touched."""
+
+    step: str
+    action: str
+    target: str | None = None
+    reasons: tuple[str, ...] = ()
+
+
+class Executor:
+    """Runs each step at most once per key; finds its own earlier work by hidden markers after a crash."""
+
+    def __init__(
+        self,
+        client: InstallationClient,
+        store: Store,
+        *,
+        clock: Callable[[], datetime],
+        delivery_id: str,
+        config: RepoConfig,
+        bot_login: str,
+        locks: KeyedLocks,
+        rate: RateGate | None = None,
+    ) -> None:
+        self.client = client
+        self.store = store
+        self.clock = clock
+        self.delivery_id = delivery_id
+        self.config = config
+        self.bot_login = bot_login
+        self.locks = locks
+        self.rate = rate or RateGate(store, clock)
+
+    def run(self, steps: Sequence[Step]) -> list[Done]:
+        # One at a time, in plan order: SECURITY item 9 wants writes serialised anyway.
+        return [self._run_one(step) for step in steps]
+
+    def _run_one(self, step: Step) -> Done:
+        if isinstance(step, StickyComment):
+            return self.sticky_comment(step)
+        if isinstance(step, CheckRunStep):
+            return self.check_run(step)
+        if isinstance(step, IncidentIssue):
+            return self.incident_issue(step)
+        return self.config_issue(step)
+
+    # ---- ledger ------------------------------------------------------------------------------------
+
+    def _claim(self, key: str, kind: str, repository: str) -> str | None:
+        """Claim `key`. Returns None when we may act, or the target when the work is already done.
+
+        Raises EffectBusy when another delivery claimed it moments ago and may still be acting.
+        """
+        now = self.clock()
+        if self.store.record_effect(
+            key, kind=kind, repository=repository, now=now, delivery_id=self.delivery_id
+        ):
+            return None
+        effect = self.store.get_effect(key)
+        assert effect is not None
+        if effect.completed:
+            return effect.target or ""
+        if effect.delivery_id != self.delivery_id and now - effect.created_at < CLAIM_TIMEOUT:
+            raise EffectBusy(f"side effect {key} is being carried out by delivery {effect.delivery_id}")
+        return None
+
+    def _complete(self, key: str, target: str) -> None:
+        self.store.complete_effect(key, target=target, now=self.clock())
+
+    def _limit(self, action: str, key: str, limit: int) -> Decision:
+        decision = self.rate.take(action, key, limit)
+        if not decision:
+            log.warning("refused %s for %s: %s", action, key, "; ".join(decision.reasons))
+        return decision
+
+    # ---- steps --------------------------------------------------------------------------------------
+
+    def sticky_comment(self, step: StickyComment) -> Done:
+        with self.locks.hold(step.key):
+            mine = self._own_comment(step.repository, step.pull_request, step.marker)
+            if mine is not None:
+                body = step.body(mine.body)
+                if body == mine.body:
+                    self._record_target(step.key, "comment", step.repository, str(mine.id))
+                    return Done(step.describe(), "unchanged", str(mine.id))
+                allowed = self._limit("comments", step.repository, self.config.rate_limits.comments_per_hour)
+                if not allowed:
+                    return Done(step.describe(), "refused", str(mine.id), allowed.reasons)
+                self.client.edit_comment(step.repository, mine.id, body)
+                self._record_target(step.key, "comment", step.repository, str(mine.id))
+                return Done(step.describe(), "edited", str(mine.id))
+            done = self._claim(step.key, "comment", step.repository)
+            if done:
+                # The ledger says we posted it, but it is gone (deleted by a person): post it again.
+                log.info("sticky comment %s was deleted; posting a new one", done)
+            allowed = self._limit("comments", step.repository, self.config.rate_limits.comments_per_hour)
+            if not allowed:
+                return Done(step.describe(), "refused", None, allowed.reasons)
+            comment = self.client.add_issue_comment(step.repository, step.pull_request, step.body(None))
+            self._record_target(step.key, "comment", step.repository, str(comment.id))
+            return Done(step.describe(), "created", str(comment.id))
+
+    def _own_comment(self, repository: str, number: int, sticky_marker: str) -> Comment | None:
+        for comment in self.client.list_issue_comments(repository, number):
+            # Only our own comments: anyone can paste the marker into theirs.
+            if sticky_marker in comment.body.splitlines() and (comment.author or "") == self.bot_login:
+                return comment
+        return None
+
+    def _record_target(self, key: str, kind: str, repository: str, target: str) -> None:
+        if not self.store.record_effect(
+            key,
+            kind=kind,
+            repository=repository,
+            now=self.clock(),
+            target=target,
+            delivery_id=self.delivery_id,
+        ):
+            effect = self.store.get_effect(key)
+            if effect is None or effect.target != target:
+                self._complete(key, target)
+
+    def check_run(self, step: CheckRunStep) -> Done:
+        with self.locks.hold(step.key):
+            done = self._claim(step.key, "check_run", step.repository)
+            if done is not None:
+                return Done(step.describe(), "skipped", done, ("already created for this run attempt",))
+            # No marker can be searched for on a check run; after a crash mid-call it may be created twice,
+            # which shows as two identical check runs and harms nothing.
+            check = self.client.create_check_run(
+                step.repository,
+                step.head_sha,
+                templates.CHECK_RUN_NAME,
+                step.title,
+                step.summary,
+                step.text,
+                conclusion="neutral",
+                annotations=[
+                    GhAnnotation(a.path, a.line, a.line, "failure", a.message, a.title)
+                    for a in step.annotations
+                ],
+                external_id=step.key[:100],
+            )
+            self._complete(step.key, str(check.id))
+            return Done(step.describe(), "created", str(check.id))
+
+    def incident_issue(self, step: IncidentIssue) -> Done:
+        with self.locks.hold(step.key):
+            occurrence = self.store.get_effect(step.occurrence_key)
+            if occurrence is not None and occurrence.completed:
+                return Done(step.describe(), "skipped", occurrence.target, ("this run was already counted",))
+            now = self.clock()
+            before = self.store.get_incident(step.repository, step.fingerprint)
+            if occurrence is None:
+                # Count the sighting once per run attempt, even if this delivery is retried.
+                diagnosis = step.job.diagnosis
+                self.store.upsert_incident(
+                    step.repository,
+                    step.fingerprint,
+                    category=str(diagnosis.category),
+                    severity=str(diagnosis.severity),
+                    title=step.title,
+                    excerpt_hash=None,
+                    now=now,
+                )
+                self.store.record_effect(
+                    step.occurrence_key,
+                    kind="occurrence",
+                    repository=step.repository,
+                    now=now,
+                    delivery_id=self.delivery_id,
+                )
+            incident = self.store.get_incident(step.repository, step.fingerprint)
+            assert incident is not None
+            number = before.issue_number if before is not None else None
+            if number is None:
+                label = step.labels[0] if step.labels else None
+                # After the store was lost, the hidden marker still leads to the open issue.
+                found = self.client.find_issue_by_marker(
+                    step.repository, marker(step.fingerprint), label=label
+                )
+                if found is None:
+                    return self._open(step, step.key, incident.count, now)
+                number = found.number
+                self._record_target(step.key, "issue", step.repository, str(number))
+                self.store.link_incident(step.repository, step.fingerprint, issue_number=number)
+            last_seen = before.last_seen if before is not None else None
+            return self._add_occurrence(step, number, incident.count, last_seen, now)
+
+    def _open(self, step: IncidentIssue, key: str, count: int, now: datetime) -> Done:
+        done = self._claim(key, "issue", step.repository)
+        if done:
+            number = int(done)
+        else:
+            allowed = self._limit("issues", step.repository, self.config.rate_limits.issues_per_hour)
+            if not allowed:
+                return Done(step.describe(), "refused", None, allowed.reasons)
+            number = self.client.create_issue(
+                step.repository, step.title, step.body(count, now), step.labels
+            ).number
+            self._complete(key, str(number))
+        self.store.link_incident(step.repository, step.fingerprint, issue_number=number)
+        self._complete(step.occurrence_key, str(number))
+        return Done(step.describe(), "created", str(number))
+
+    def _add_occurrence(
+        self, step: IncidentIssue, number: int, count: int, last_seen: datetime | None, now: datetime
+    ) -> Done:
+        quiet = last_seen is not None and now - last_seen > step.dedup_window
+        allowed = self._limit(
+            "issue_updates", f"{step.repository}#{number}", self.config.rate_limits.issue_updates_per_hour
+        )
+        if not allowed and not quiet:
+            # Counted in the store; the next update that is allowed shows the total.
+            self._complete(step.occurrence_key, str(number))
+            return Done(step.describe(), "counted", str(number), allowed.reasons)
+        issue = self.client.update_issue(step.repository, number, body=step.body(count, now))
+        if issue.state == "closed":
+            # A person closed it and the failure is back: a regression gets an issue of its own.
+            return self._open(step, f"{step.key}:after-{number}", count, now)
+        if quiet:
+            self.client.add_issue_comment(step.repository, number, step.occurrence_comment(count, last_seen))
+        self._complete(step.occurrence_key, str(number))
+        return Done(step.describe(), "occurrence", str(number))
+
+    def config_issue(self, step: ConfigProblemIssue) -> Done:
+        with self.locks.hold(step.key):
+            done = self._claim(step.key, "config_issue", step.repository)
+            if done:
+                return Done(step.describe(), "skipped", done, ("already reported",))
+            found = self.client.find_issue_by_marker(
+                step.repository, step.marker, label="mendbot", include_closed=True
+            )
+            if found is None:
+                allowed = self._limit("issues", step.repository, self.config.rate_limits.issues_per_hour)
+                if not allowed:
+                    return Done(step.describe(), "refused", None, allowed.reasons)
+                found = self.client.create_issue(
+                    step.repository, templates.CONFIG_ISSUE_TITLE, step.body(), ["mendbot"]
+                )
+            self._complete(step.key, str(found.number))
+            return Done(step.describe(), "created", str(found.number))

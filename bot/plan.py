@@ -1,0 +1,286 @@
+"""Plain data between the core and the executor: the failed run, its diagnoses, and the steps to take."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from bot.core import templates
+from bot.core.models import Diagnosis, Excerpt
+from bot.core.render import find_fingerprint, neutralize, one_line, render_markdown
+from bot.ports import DiagnosisResult
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    """The facts of a completed workflow run that the webhook payload states."""
+
+    repository: str
+    installation_id: int
+    run_id: int
+    attempt: int
+    workflow_id: int
+    workflow_name: str
+    workflow_path: str
+    head_branch: str | None
+    head_sha: str
+    event: str
+    conclusion: str | None
+    html_url: str
+    default_branch: str
+    actor: str | None = None
+    triggering_actor: str | None = None
+    head_repository: str | None = None
+    pull_requests: tuple[int, ...] = ()
+
+    @property
+    def from_fork(self) -> bool:
+        return self.head_repository is not None and self.head_repository != self.repository
+
+    @property
+    def head_owner(self) -> str:
+        return (self.head_repository or self.repository).split("/", 1)[0]
+
+    @classmethod
+    def from_payload(cls, payload: dict[str, Any], installation_id: int) -> RunInfo:
+        run = payload["workflow_run"]
+        repository = payload["repository"]
+        full_name = str(repository["full_name"])
+        # GitHub also lists pull requests of other repositories that share the branch; keep ours.
+        pulls = tuple(
+            int(pull["number"])
+            for pull in run.get("pull_requests") or []
+            if (pull.get("base") or {}).get("repo", {}).get("id") in (None, repository.get("id"))
+        )
+        workflow = payload.get("workflow") or {}
+        return cls(
+            repository=full_name,
+            installation_id=installation_id,
+            run_id=int(run["id"]),
+            attempt=int(run.get("run_attempt") or 1),
+            workflow_id=int(run["workflow_id"]),
+            workflow_name=str(run.get("name") or workflow.get("name") or ""),
+            workflow_path=str(run.get("path") or workflow.get("path") or ""),
+            head_branch=run.get("head_branch"),
+            head_sha=str(run["head_sha"]),
+            event=str(run.get("event") or ""),
+            conclusion=run.get("conclusion"),
+            html_url=str(run.get("html_url") or ""),
+            default_branch=str(repository.get("default_branch") or "main"),
+            actor=(run.get("actor") or {}).get("login"),
+            triggering_actor=(run.get("triggering_actor") or {}).get("login"),
+            head_repository=(run.get("head_repository") or {}).get("full_name"),
+            pull_requests=pulls,
+        )
+
+
+@dataclass(frozen=True)
+class JobDiagnosis:
+    """One failed job, the excerpt of its log and what the diagnoser made of it."""
+
+    job: str
+    job_url: str
+    excerpt: Excerpt
+    result: DiagnosisResult
+    fetched_files: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def diagnosis(self) -> Diagnosis:
+        return self.result.diagnosis
+
+
+@dataclass(frozen=True)
+class Report:
+    """Everything said about one run: the most severe job first, then the others."""
+
+    run: RunInfo
+    jobs: tuple[JobDiagnosis, ...]
+    notes: tuple[str, ...] = ()
+
+    @property
+    def primary(self) -> JobDiagnosis:
+        return self.jobs[0]
+
+    def log_urls(self) -> dict[str, str]:
+        return {job.job: job.job_url for job in self.jobs if job.job_url}
+
+    def markdown(self, job: JobDiagnosis | None = None, previous: str | None = None) -> str:
+        """The diagnosis of one job (the primary by default), with the other failed jobs listed after it."""
+        chosen = job or self.primary
+        body = render_markdown(
+            chosen.diagnosis,
+            chosen.excerpt,
+            log_urls=self.log_urls(),
+            usage=chosen.result.usage_for_footer(),
+            previous=previous,
+        )
+        extra = [
+            templates.OTHER_JOB_LINE.format(
+                job=neutralize(other.job), line=neutralize(one_line(other.diagnosis))
+            )
+            for other in self.jobs
+            if other is not chosen
+        ]
+        extra += [f"> {neutralize(note)}" for note in self.notes]
+        if not extra:
+            return body
+        heading = [templates.OTHER_JOBS_HEADING] if len(self.jobs) > 1 else []
+        # Keep the fingerprint marker last: it is how Mendbot finds its own body again.
+        head, _, marker_line = body.rpartition("\n")
+        return "\n".join([head, "", *heading, *extra, marker_line])
+
+
+def rank_jobs(jobs: Sequence[JobDiagnosis]) -> tuple[JobDiagnosis, ...]:
+    """Most severe first; among equals, the order GitHub listed the jobs."""
+    order = sorted(enumerate(jobs), key=lambda pair: (-pair[1].diagnosis.severity.rank, pair[0]))
+    return tuple(job for _, job in order)
+
+
+# ---- steps -----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class StickyComment:
+    """One comment per (pull request, workflow), edited in place on later failures."""
+
+    repository: str
+    pull_request: int
+    workflow_id: int
+    report: Report
+
+    @property
+    def key(self) -> str:
+        return f"sticky:{self.repository}#{self.pull_request}:workflow-{self.workflow_id}"
+
+    @property
+    def marker(self) -> str:
+        return templates.STICKY_MARKER.format(workflow_id=self.workflow_id)
+
+    def body(self, previous: str | None) -> str:
+        """The new body; an earlier body with a different fingerprint is kept below, collapsed."""
+        stale = previous if previous and find_fingerprint(previous) != self.fingerprint else None
+        stale = stale.replace(self.marker, "") if stale else None
+        return self.report.markdown(previous=stale) + "\n" + self.marker
+
+    @property
+    def fingerprint(self) -> str:
+        return self.report.primary.diagnosis.fingerprint
+
+    def describe(self) -> str:
+        return f"comment on {self.repository}#{self.pull_request} (sticky for workflow {self.workflow_id})"
+
+
+@dataclass(frozen=True)
+class Annotation:
+    path: str
+    line: int
+    title: str
+    message: str
+
+
+@dataclass(frozen=True)
+class CheckRunStep:
+    """A completed check run on the head commit with the summary and source annotations."""
+
+    repository: str
+    head_sha: str
+    run_id: int
+    attempt: int
+    title: str
+    summary: str
+    text: str
+    annotations: tuple[Annotation, ...]
+
+    @property
+    def key(self) -> str:
+        return f"check:{self.repository}:{self.run_id}.{self.attempt}"
+
+    def describe(self) -> str:
+        return (
+            f"check run {templates.CHECK_RUN_NAME!r} on {self.head_sha[:12]} "
+            f"with {len(self.annotations)} annotation(s): {self.title}"
+        )
+
+
+@dataclass(frozen=True)
+class IncidentIssue:
+    """One open issue per fingerprint: created on first sight, updated with occurrences after."""
+
+    repository: str
+    fingerprint: str
+    title: str
+    labels: tuple[str, ...]
+    report: Report
+    job: JobDiagnosis
+    run_id: int
+    attempt: int
+    run_url: str
+    dedup_window: timedelta
+
+    @property
+    def key(self) -> str:
+        return f"issue:{self.repository}:{self.fingerprint}"
+
+    @property
+    def occurrence_key(self) -> str:
+        return f"occurrence:{self.repository}:{self.fingerprint}:{self.run_id}.{self.attempt}"
+
+    def body(self, count: int, now: datetime) -> str:
+        line = templates.OCCURRENCE_LINE.format(
+            count=count,
+            plural="" if count == 1 else "s",
+            run_url=self.run_url,
+            when=f"{now:%Y-%m-%d %H:%M} UTC",
+        )
+        return f"{line}\n\n{self.report.markdown(self.job)}"
+
+    def occurrence_comment(self, count: int, since: datetime | None) -> str:
+        quiet = f" after a quiet period since {since:%Y-%m-%d %H:%M} UTC" if since else ""
+        return templates.OCCURRENCE_COMMENT.format(
+            run_url=self.run_url,
+            count=count,
+            quiet=quiet,
+            marker=templates.OCCURRENCE_MARKER.format(run=f"{self.run_id}.{self.attempt}"),
+        )
+
+    def describe(self) -> str:
+        return (
+            f"issue for fingerprint {self.fingerprint} in {self.repository}: {self.title} {list(self.labels)}"
+        )
+
+
+@dataclass(frozen=True)
+class ConfigProblemIssue:
+    """An invalid .github/mendbot.yml, reported once per version of the file."""
+
+    repository: str
+    digest: str
+    problems: tuple[str, ...]
+
+    @property
+    def key(self) -> str:
+        return f"config:{self.repository}:{self.digest}"
+
+    @property
+    def marker(self) -> str:
+        return templates.CONFIG_MARKER.format(digest=self.digest)
+
+    def body(self) -> str:
+        problems = "\n".join(f"- {neutralize(problem)}" for problem in self.problems)
+        return templates.CONFIG_ISSUE_BODY.format(problems=problems, marker=self.marker)
+
+    def describe(self) -> str:
+        return f"issue about the invalid .github/mendbot.yml in {self.repository}: {'; '.join(self.problems)}"
+
+
+Step = StickyComment | CheckRunStep | IncidentIssue | ConfigProblemIssue
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The steps approved so far and, in words, what the gates refused."""
+
+    steps: list[Step]
+    refused: list[str] = field(default_factory=list)

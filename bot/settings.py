@@ -1,0 +1,104 @@
+"""Mendbot's deployment settings, read from MENDBOT_* environment variables by each entry point."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_API_URL = "https://api.github.com"
+DEFAULT_DATABASE_URL = "sqlite:///mendbot.db"
+DEFAULT_QUEUE_FILE = "mendbot-queue.db"
+MB = 1024 * 1024
+
+
+class SettingsError(ValueError):
+    """A setting is missing or wrong; the message names the environment variable and never its value."""
+
+
+class Settings(BaseSettings):
+    """One deployment's configuration. Build it once, in an entry point, and pass it down."""
+
+    model_config = SettingsConfigDict(env_prefix="MENDBOT_", extra="ignore", frozen=True)
+
+    app_id: str | None = Field(default=None, description="the GitHub App's ID (or client ID)")
+    private_key: SecretStr | None = Field(default=None, description="the App's PEM private key, inline")
+    private_key_path: Path | None = Field(
+        default=None, description="a file holding the App's PEM private key"
+    )
+    webhook_secret: SecretStr | None = Field(default=None, description="the App's webhook secret")
+    github_api_url: str = Field(default=DEFAULT_API_URL, description="REST API root; a GHES URL works too")
+    database_url: str = Field(
+        default=DEFAULT_DATABASE_URL, description="SQLAlchemy URL: sqlite or postgresql"
+    )
+    queue_url: str | None = Field(
+        default=None, description="unset: a SQLite queue beside the database; redis://… to scale out"
+    )
+    queue_secret: SecretStr | None = Field(
+        default=None, description="signs queued tasks; defaults to the webhook secret"
+    )
+    dry_run: bool = Field(default=False, description="print the plan instead of writing to GitHub")
+    anthropic_api_key: SecretStr | None = Field(
+        default=None,
+        validation_alias=AliasChoices("MENDBOT_ANTHROPIC_API_KEY", "ANTHROPIC_API_KEY"),
+        description="enables the Claude diagnoser (not used by the offline path)",
+    )
+    anthropic_base_url: str | None = Field(
+        default=None, description="Messages API root, for proxies and tests"
+    )
+    log_max_bytes: int = Field(default=100 * MB, gt=0, description="cap on one downloaded job log")
+    max_body_bytes: int = Field(default=25 * MB, gt=0, description="cap on one webhook body (GitHub's own)")
+    workers: int = Field(default=2, ge=1, le=64, description="worker threads that process deliveries")
+    bot_login: str = Field(default="mendbot[bot]", description="the App's bot account, for the loop guard")
+    write_interval: float = Field(default=1.0, ge=0, description="seconds between content-creating writes")
+    retry_delay: float = Field(default=30.0, ge=0, description="seconds before a failed delivery is retried")
+
+    @field_validator("github_api_url", "anthropic_base_url")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https://")
+        return value.rstrip("/") if value else value
+
+    def private_key_pem(self) -> str:
+        """The App's private key, from MENDBOT_PRIVATE_KEY or the file MENDBOT_PRIVATE_KEY_PATH names."""
+        if self.private_key is not None:
+            # Some platforms cannot hold newlines in a variable; accept the escaped form too.
+            return self.private_key.get_secret_value().replace("\\n", "\n")
+        if self.private_key_path is None:
+            raise SettingsError("set MENDBOT_PRIVATE_KEY or MENDBOT_PRIVATE_KEY_PATH")
+        try:
+            return self.private_key_path.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise SettingsError(
+                f"MENDBOT_PRIVATE_KEY_PATH: cannot read {self.private_key_path}: {exc.strerror}"
+            ) from None
+
+    def webhook_secret_bytes(self) -> bytes:
+        if self.webhook_secret is None or not self.webhook_secret.get_secret_value():
+            raise SettingsError("set MENDBOT_WEBHOOK_SECRET")
+        return self.webhook_secret.get_secret_value().encode("utf-8")
+
+    def require_app(self) -> None:
+        """Fail with one clear line when the GitHub App cannot be run with these settings."""
+        if not self.app_id:
+            raise SettingsError("set MENDBOT_APP_ID")
+        self.private_key_pem()
+        self.webhook_secret_bytes()
+
+    def task_secret(self) -> str | None:
+        chosen = self.queue_secret or self.webhook_secret
+        return chosen.get_secret_value() if chosen is not None else None
+
+
+def load_settings() -> Settings:
+    """Read the environment once; a bad value becomes a SettingsError naming the variable."""
+    try:
+        return Settings()
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"MENDBOT_{'_'.join(str(part) for part in error['loc']).upper()}: {error['msg']}"
+            for error in exc.errors()
+        )
+        raise SettingsError(problems) from None

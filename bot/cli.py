@@ -7,7 +7,7 @@ import sys
 from collections.abc import Callable, Iterator
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, BinaryIO
+from typing import TYPE_CHECKING, Annotated, BinaryIO, TypeVar
 
 import typer
 from rich.console import Console
@@ -15,6 +15,11 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeR
 
 from bot.core.excerpt import DEFAULT_BUDGET, Excerpter, PassingIndex
 from bot.core.logs import LogError, LogLine, read_log
+
+if TYPE_CHECKING:
+    from bot.settings import Settings
+
+T = TypeVar("T")
 
 app = typer.Typer(
     name="mendbot",
@@ -210,6 +215,98 @@ def eval_excerpts(
     Console().print(table)
     if report.category_accuracy is not None:
         print(f"category accuracy: {report.category_accuracy:.3f} over {report.categorized} labeled cases")
+
+
+@app.command()
+def serve(
+    host: Annotated[str, typer.Option(help="address to listen on; 0.0.0.0 for all interfaces")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=1, max=65535, help="port to listen on")] = 8000,
+    threads: Annotated[int | None, typer.Option(min=1, help="worker threads (default MENDBOT_WORKERS)")] = None,
+) -> None:
+    """Run the GitHub App: the webhook server with an in-process worker (the single-machine setup)."""
+    import uvicorn
+
+    from bot.web import create_app
+
+    _log_to_stderr()
+    application = _start(lambda settings: create_app(settings, worker=True, worker_threads=threads))
+    uvicorn.run(application, host=host, port=port, log_level="info", proxy_headers=True)
+
+
+@app.command()
+def worker(
+    threads: Annotated[int | None, typer.Option(min=1, help="worker threads (default MENDBOT_WORKERS)")] = None,
+) -> None:
+    """Process queued deliveries without serving HTTP (run beside `mendbot serve` or `uvicorn app:app`)."""
+    from bot.adapters.queue import requeue_unfinished
+    from bot.wiring import build_components
+
+    _log_to_stderr()
+    components = _start(build_components)
+    try:
+        requeue_unfinished(components.store, components.queue)
+        components.queue.run_consumer(workers=threads or components.settings.workers)
+    finally:
+        components.close()
+
+
+@app.command()
+def replay(
+    payload: Annotated[Path, typer.Argument(help="a webhook payload JSON file, sent byte for byte")],
+    event: Annotated[str, typer.Option("--event", help="the X-GitHub-Event name, e.g. workflow_run")],
+    url: Annotated[str, typer.Option(help="the server's webhook URL")] = "http://127.0.0.1:8000/webhook",
+) -> None:
+    """Send a payload to a running server, signed with MENDBOT_WEBHOOK_SECRET, under a fresh delivery id."""
+    import uuid
+
+    import httpx
+
+    from bot.events import sign
+    from bot.settings import SettingsError, load_settings
+
+    if not payload.is_file():
+        raise fail(f"no such payload file: {payload}")
+    try:
+        secret = load_settings().webhook_secret_bytes()
+    except SettingsError as exc:
+        raise fail(str(exc)) from None
+    body = payload.read_bytes()
+    delivery = str(uuid.uuid4())
+    headers = {
+        "X-GitHub-Event": event,
+        "X-GitHub-Delivery": delivery,
+        "X-Hub-Signature-256": sign(secret, body),
+        "Content-Type": "application/json",
+        "User-Agent": "mendbot-replay",
+    }
+    try:
+        reply = httpx.post(url, content=body, headers=headers, timeout=30)
+    except httpx.HTTPError as exc:
+        raise fail(f"cannot reach {url}: {exc}") from None
+    print(f"{reply.status_code} {reply.reason_phrase} (delivery {delivery}) {reply.text.strip()}")
+    if not reply.is_success:
+        raise typer.Exit(1)
+
+
+def _log_to_stderr() -> None:
+    import logging
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def _start(build: Callable[[Settings], T]) -> T:
+    """Build the App from the environment, turning setup problems into one-line errors."""
+    from bot.adapters.queue import QueueUnavailable
+    from bot.adapters.store import StoreUnavailable
+    from bot.settings import SettingsError, load_settings
+
+    try:
+        return build(load_settings())
+    except (SettingsError, StoreUnavailable, QueueUnavailable) as exc:
+        raise fail(str(exc)) from None
+    except ValueError as exc:
+        # A malformed database or queue URL, or a private key that is not an RSA PEM.
+        raise fail(f"invalid setting: {exc}") from None
 
 
 def main() -> None:

@@ -44,6 +44,12 @@ _STRONG_PHRASES = (
 )
 _STRUCTURAL = re.compile(r"\s*(?:E {2,}\S|(?:not ok|FAIL|FAILED|ERROR)\b|\w*(?:Error|Exception)\b[:(]?\s|\S+:\d+:(?:\d+:)? )")
 _FAILURE_COUNT = re.compile(r"\b[1-9]\d* (?:failed|failures?|errors?)\b|\b(?:failures?|errors?|failed):? [1-9]")
+_LEVEL = re.compile(
+    r"(?:[\d:.,TZ/-]+\s+){0,3}[\[<]?(INFO|DEBUG|TRACE|NOTICE|WARN|WARNING|ERROR|FATAL|CRITICAL|SEVERE)[\]>:]?\s",
+    re.IGNORECASE,
+)
+_QUIET_LEVELS = frozenset({"INFO", "DEBUG", "TRACE", "NOTICE", "info", "debug", "trace", "notice"})
+_LOUD_LEVELS = frozenset({"ERROR", "FATAL", "CRITICAL", "SEVERE", "error", "fatal", "critical", "severe"})
 # Lines that look alarming but say nothing about the cause.
 _DECOY_WORDS = frozenset("passed pass ok success successful successfully skipped".split())
 _DECOY_PHRASES = (
@@ -87,6 +93,14 @@ def signature(text: str) -> str:
     return _MASK.sub("#", text.strip())[:200]
 
 
+_NOT_LETTERS = re.compile(r"[^A-Za-z]+")
+
+
+def loose_signature(text: str) -> str:
+    """The letters of a line's start: repeats that differ only in numbers, URLs' tails or ids look alike."""
+    return _NOT_LETTERS.sub("", text[:80])
+
+
 def line_score(text: str) -> float:
     """How strongly one cleaned line reads like the cause of a failure."""
     if len(text) < 3:
@@ -105,6 +119,13 @@ def line_score(text: str) -> float:
         score = 4.0
     if score and (words & _DECOY_WORDS or any(phrase in lower for phrase in _DECOY_PHRASES)):
         score *= 0.25
+    level = _LEVEL.match(probe)
+    if level:
+        # A logger's own level outranks the words in its message.
+        if level.group(1) in _QUIET_LEVELS and "-unexpected-" not in lower:
+            score *= 0.5
+        elif level.group(1) in _LOUD_LEVELS:
+            score = max(score, 4.0)
     return score
 
 def is_exit_marker(line: LogLine) -> bool:
@@ -144,6 +165,7 @@ class _Region:
     step: str
     signature: str
     repeats: int = 1
+    seen: set[str] = field(default_factory=set)
     recovered: bool = False
     focus_end: bool = False
     rank_in_segment: int = 0
@@ -203,7 +225,11 @@ class Excerpter:
         ) and len(region.lines) < MAX_REGION_LINES:
             region.lines.append(line)
             if score >= 2.0:
-                region.weight += score / (1 + len(region.lines) / 8)
+                loose = loose_signature(text)
+                if loose not in region.seen:
+                    # Only a new kind of error line adds weight; a repeated one would inflate noise.
+                    region.seen.add(loose)
+                    region.weight += score / (1 + len(region.lines) / 8)
                 region.open_until = line.number + 2
             self._recent.append(line)
             return

@@ -19,6 +19,8 @@ MAX_ZIP_RATIO = 200
 
 ANSI_RE = re.compile(r"\x1b(?:\[[0-?]*[ -/]*[@-~]|\][^\x07\x1b]*(?:\x07|\x1b\\)?|[@-Z\\-_])")
 GHA_TIMESTAMP_RE = re.compile(r"^\ufeff?\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d+)?Z ?")
+# Taskcluster and similar runners stamp each line "[task 2025-02-13T22:10:07.053Z] ".
+BRACKET_TIMESTAMP_RE = re.compile(r"^\[[\w-]{0,20} ?\d{4}-\d\d-\d\d[T ]\d\d:\d\d:\d\d(?:\.\d+)?Z?\] ")
 # `gh run view --log` prefixes each line with "<job>\t<step>\t<timestamp> ".
 GH_RUN_VIEW_RE = re.compile(r"^([^\t]*)\t([^\t]*)\t(\ufeff?\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d+)?Z ?)")
 COMMAND_RE = re.compile(r"^##\[(group|endgroup|error|warning|notice|debug|command|section)\]")
@@ -54,6 +56,8 @@ def clean(raw: str) -> str:
     if "\x1b" in text:
         text = ANSI_RE.sub("", text)
     text = GHA_TIMESTAMP_RE.sub("", text, count=1)
+    if text.startswith("["):
+        text = BRACKET_TIMESTAMP_RE.sub("", text, count=1)
     if TRAVIS_FOLD_RE.match(text):
         text = ""
     text = CONTROL_RE.sub("", text)

@@ -215,7 +215,8 @@ class Services:
             return None
         finally:
             download.path.unlink(missing_ok=True)
-        return excerpt if excerpt.lines else None
+        # An empty excerpt is still diagnosed: saying that the log explains nothing beats silence.
+        return excerpt
 
     def _green_jobs(self, client: InstallationClient, run: RunInfo, notes: list[str]) -> dict[str, Job]:
         """The jobs of the last successful run of the same workflow on the same branch, by name."""

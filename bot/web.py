@@ -162,7 +162,9 @@ async def _sweep(parts: Components) -> None:
     while True:
         await asyncio.sleep(SWEEP_INTERVAL_SECONDS)
         try:
-            cutoff = parts.services.clock() - SWEEP_AGE
-            await run_in_threadpool(requeue_unfinished, parts.store, parts.queue, older_than=cutoff)
+            now = parts.services.clock()
+            await run_in_threadpool(requeue_unfinished, parts.store, parts.queue, older_than=now - SWEEP_AGE)
+            # Finished deliveries are kept the 3 days GitHub may redeliver them in, then dropped.
+            await run_in_threadpool(parts.store.prune, now)
         except (StoreUnavailable, QueueUnavailable) as down:
             log.warning("sweep for unfinished deliveries skipped: %s", down)

@@ -21,7 +21,7 @@ from bot.routing import Outcome, Router
 from bot.services import Services
 from bot.web import create_app
 from bot.wiring import Components, build_components
-from tests.app_support import INSTALLATION, REPO, make_settings, serve, signed, wait_for
+from tests.app_support import INSTALLATION, REPO, SECRET, make_settings, serve, signed, wait_for
 
 if TYPE_CHECKING:
     from tests.servers import PostgresServer
@@ -118,6 +118,7 @@ def test_refused_deliveries_get_4xx_a_log_line_and_are_not_stored(
     assert parts.store.get_delivery("refused-1") is None
     assert parts.queue.depth() == 0
     assert any("refused webhook delivery 'refused-1'" in record.getMessage() for record in caplog.records)
+    assert SECRET not in caplog.text
     # The server is still there for the next delivery.
     good = payload()
     assert post(client, good, signed(good)).status_code == 202

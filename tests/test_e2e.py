@@ -142,6 +142,11 @@ def test_a_pull_request_failure_becomes_one_comment_and_one_check_run(
             assert writes(fake) == written
             assert len(fake.repo(REPO).comments) == 1 and len(fake.repo(REPO).check_runs) == 1
 
+            # SECURITY item 20: no secret, key or token in anything written to GitHub.
+            sent = b"".join(r.body for r in fake.requests if r.method in ("POST", "PATCH"))
+            for secret in (SECRET, rsa_keys()[0].splitlines()[1], *fake.issued_tokens):
+                assert secret.encode() not in sent
+
             metrics = http.get("/metrics").text
             assert 'mendbot_job_duration_seconds_count{event="workflow_run",outcome="done"} 1.0' in metrics
             assert 'mendbot_github_api_calls_total{operation="add comment",outcome="ok"} 1.0' in metrics

@@ -54,13 +54,6 @@ class Event:
             return str(repository["full_name"])
         return None
 
-    @property
-    def sender(self) -> str | None:
-        sender = self.payload.get("sender")
-        if isinstance(sender, dict) and isinstance(sender.get("login"), str):
-            return str(sender["login"])
-        return None
-
 
 def sign(secret: bytes, body: bytes) -> str:
     """The `X-Hub-Signature-256` value GitHub sends for `body`."""

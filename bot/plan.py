@@ -116,20 +116,24 @@ class Report:
             usage=chosen.result.usage_for_footer(),
             previous=previous,
         )
-        extra = [
+        others = [
             templates.OTHER_JOB_LINE.format(
                 job=neutralize(other.job), line=neutralize(one_line(other.diagnosis))
             )
             for other in self.jobs
             if other is not chosen
         ]
-        extra += [f"> {neutralize(note)}" for note in self.notes]
+        notes = [f"> {neutralize(note)}" for note in self.notes]
+        extra = ([templates.OTHER_JOBS_HEADING, *others] if others else []) + (
+            [""] if others and notes else []
+        )
+        extra += notes
         if not extra:
             return body
-        heading = [templates.OTHER_JOBS_HEADING] if len(self.jobs) > 1 else []
-        # Keep the fingerprint marker last: it is how Mendbot finds its own body again.
-        head, _, marker_line = body.rpartition("\n")
-        return "\n".join([head, "", *heading, *extra, marker_line])
+        # Before the footer, so the fingerprint marker stays last: it is how Mendbot finds its body again.
+        lines = body.split("\n")
+        footer = max(index for index, line in enumerate(lines) if line.startswith("<sub>"))
+        return "\n".join([*lines[:footer], *extra, "", *lines[footer:]])
 
 
 def rank_jobs(jobs: Sequence[JobDiagnosis]) -> tuple[JobDiagnosis, ...]:

@@ -476,3 +476,22 @@ def test_hostile_logs_are_diagnosed_without_harm(world: World, log: bytes) -> No
     assert body.count("<!-- mendbot:fingerprint=") == 1
     assert "@everyone" not in body
     assert len(body) <= 65_536
+
+
+def test_several_failed_jobs_lead_with_the_most_severe(world: World) -> None:
+    compile_log = 'gcc -c src/main.c\nsrc/main.c:10:5: error: expected ";" before "}" token\n'
+    run = world.failed_run(pulls=(world.pull(),), event="pull_request", branch="feature", job="test")
+    world.fake.add_job(REPO, run["id"], name="build", log=compile_log)
+    world.fake.set_file(REPO, "src/main.c", "int main() {\n" * 12, ref=run["head_sha"])
+
+    world.handle(run)
+
+    [comment] = world.comments
+    body = comment["body"]
+    assert body.startswith("## ❌ Mendbot diagnosis: The compiler reported an error in src/main.c")
+    other = body.index(templates.OTHER_JOBS_HEADING)
+    assert "**test**: [medium] test_failure" in body[other:]
+    assert body.rstrip().endswith(templates.STICKY_MARKER.format(workflow_id=run["workflow_id"]))
+    [check] = world.check_runs
+    [annotation] = world.fake.annotations(REPO, check["id"])
+    assert (annotation["path"], annotation["start_line"]) == ("src/main.c", 10)

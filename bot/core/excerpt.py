@@ -21,37 +21,48 @@ CONTEXT_BEFORE = 3
 EXIT_WINDOW = 40
 MAX_REGION_LINES = 120
 MAX_REGIONS = 48
+# Of a run of lines that differ only in numbers, show this many.
+REPEAT_RUN_SHOWN = 3
 MAX_PASSING_SIGNATURES = 1_000_000
 
+# fmt: off
 # Scoring works on words and fixed phrases, not one big regex: Python's regex engine tries every
 # alternative at every position, which costs ~250 µs a line; set and substring checks cost ~3 µs.
 _WORD_RE = re.compile(r"[a-z][a-z_]+")
 _STRONG_WORDS = frozenset(
-    "traceback panic panicked fatal segmentation segfault sigsegv sigabrt addresssanitizer assertionerror "
-    "failed failure failures unexpected killed oom timeout timedout undefined".split()
+    "traceback panic panicked fatal segmentation segfault sigsegv sigabrt addresssanitizer "
+    "assertionerror failed failure failures unexpected killed oom timeout timedout undefined".split()
 )
 _MEDIUM_WORDS = frozenset(
-    "error errors fail fails failing exception exceptions expected actual assert assertion mismatch invalid "
-    "missing refused unreachable crash crashed crashes aborted abort violation syntax wrong incorrect denied "
-    "unable cannot couldn impossible forbidden unauthorized unsupported conflict conflicts broken".split()
+    "error errors fail fails failing exception exceptions expected actual assert assertion mismatch "
+    "invalid missing refused unreachable crash crashed crashes aborted abort violation syntax wrong "
+    "incorrect denied unable cannot couldn impossible forbidden unauthorized unsupported conflict "
+    "conflicts broken".split()
 )
 _STRONG_PHRASES = (
     "error:", "error[", "[error]", "error ts", "error cs", "npm err!", "build failed", "build failure",
     "no such file", "undefined reference", "cannot find symbol", "test-unexpected-", "process-crash",
     "core dumped", "out of memory", "timed out", "--- fail:", "not ok ", "but was", "but got", "to equal",
-    "could not", "can't find", "cannot find", "cannot open", "not found", "compilation failed", "exception:",
-    "exception in", "assertion failed", "✗", "✕", "✖", "×",
+    "could not", "can't find", "cannot find", "cannot open", "not found", "compilation failed",
+    "exception:", "exception in", "assertion failed", "✗", "✕", "✖", "×",
 )
-_STRUCTURAL = re.compile(r"\s*(?:E {2,}\S|(?:not ok|FAIL|FAILED|ERROR)\b|\w*(?:Error|Exception)\b[:(]?\s|\S+:\d+:(?:\d+:)? )")
-_FAILURE_COUNT = re.compile(r"\b[1-9]\d* (?:failed|failures?|errors?)\b|\b(?:failures?|errors?|failed):? [1-9]")
+_STRUCTURAL = re.compile(
+    r"\s*(?:E {2,}\S|(?:not ok|FAIL|FAILED|ERROR)\b|\w*(?:Error|Exception)\b[:(]?\s|\S+:\d+:(?:\d+:)? )"
+)
+_FAILURE_COUNT = re.compile(
+    r"\b[1-9]\d* (?:failed|failures?|errors?)\b|\b(?:failures?|errors?|failed):? [1-9]"
+)
 _LEVEL = re.compile(
-    r"(?:[\d:.,TZ/-]+\s+){0,3}[\[<]?(INFO|DEBUG|TRACE|NOTICE|WARN|WARNING|ERROR|FATAL|CRITICAL|SEVERE)[\]>:]?\s",
+    r"(?:[\d:.,TZ/-]+\s+){0,3}[\[<]?"
+    r"(INFO|DEBUG|TRACE|NOTICE|WARN|WARNING|ERROR|FATAL|CRITICAL|SEVERE)[\]>:]?\s",
     re.IGNORECASE,
 )
-_QUIET_LEVELS = frozenset({"INFO", "DEBUG", "TRACE", "NOTICE", "info", "debug", "trace", "notice"})
-_LOUD_LEVELS = frozenset({"ERROR", "FATAL", "CRITICAL", "SEVERE", "error", "fatal", "critical", "severe"})
+_QUIET_LEVELS = frozenset({"INFO", "DEBUG", "TRACE", "NOTICE"})
+_LOUD_LEVELS = frozenset({"ERROR", "FATAL", "CRITICAL", "SEVERE"})
 # Lines that look alarming but say nothing about the cause.
-_DECOY_WORDS = frozenset("passed pass ok success successful successfully skipped".split())
+_DECOY_WORDS = frozenset(
+    "passed pass ok success successful successfully skipped".split()
+)
 _DECOY_PHRASES = (
     "0 errors", "0 failures", "0 failed", "failures: 0", "errors: 0", "failed: 0", "-werror", "--fail",
     "continue-on-error", "ignore_errors", "ignore-errors", "error_reporting", "errorprone", "on-failure",
@@ -62,10 +73,14 @@ _EXIT_MARKERS = re.compile(
     r"(?:The command \".*\" (?:failed and )?exited with [1-9]|Process completed with exit code [1-9]"
     r"|Error: Process completed with exit code [1-9]|Finished: FAILURE|ERROR: Job failed"
     r"|Done\. Your build exited with [1-9]|Script exited with|Command exited with non-zero status"
-    r"|Error: The process '.*' failed|make(?:\[\d+\])?: \*\*\* \[.*\] Error \d+|\s*Command failed with exit code"
+    r"|Error: The process '.*' failed|make(?:\[\d+\])?: \*\*\* \[.*\] Error \d+"
+    r"|\s*Command failed with exit code"
     r"|\s*Got exit code|##\[error\]Process completed with exit code)"
 )
 _EXIT_PHRASES = ("marked build as failure", "returned non-zero exit status")
+# fmt: on
+# The Actions runner's own step verdict: a step that ends so, and is not the last to, had continue-on-error.
+_RUNNER_EXIT = ("Process completed with exit code", "Error: Process completed with exit code")
 # Whole-job verdicts: they close the log, not the failing command, so what precedes them is often cleanup.
 _JOB_VERDICTS = ("Done. Your build exited with", "Finished: FAILURE", "ERROR: Job failed")
 # The last lines a failing command printed before its exit marker come first in the excerpt.
@@ -82,10 +97,11 @@ _TEARDOWN_LINE = re.compile(
 )
 # A test that failed then passed on a rerun is not the cause.
 _TEST_RESULT = re.compile(
-    r"(?P<name>[\w./\[\]-]+::[\w\[\]./:-]+|\b[A-Z]\w*Test\w*\s*>\s*\w+\(\)|--- (?:FAIL|PASS): \S+|\btest\w+\b)"
+    r"(?P<name>[\w./\[\]-]+::[\w\[\]./:-]+|\b[A-Z]\w*Test\w*\s*>\s*\w+\(\)"
+    r"|--- (?:FAIL|PASS): \S+|\btest\w+\b)"
     r"[^\n]{0,40}?\b(?P<verdict>PASSED|PASS|FAILED|FAIL|RERUN|ok|ERROR)\b",
 )
-_MASK = re.compile(r"\d+(?:\.\d+)*|0x[0-9a-f]+|[0-9a-f]{7,}", re.IGNORECASE)
+_MASK = re.compile(r"0x[0-9a-f]+|\b[0-9a-f]{7,}\b|\d+(?:\.\d+)*", re.IGNORECASE)
 
 
 def signature(text: str) -> str:
@@ -113,20 +129,26 @@ def line_score(text: str) -> float:
         score = 4.0
     elif words & _MEDIUM_WORDS:
         score = 2.0
-    if score and _STRUCTURAL.match(probe):
-        score = 4.0
-    elif score == 2.0 and _FAILURE_COUNT.search(lower):
+    if (score and _STRUCTURAL.match(probe)) or (score == 2.0 and _FAILURE_COUNT.search(lower)):
         score = 4.0
     if score and (words & _DECOY_WORDS or any(phrase in lower for phrase in _DECOY_PHRASES)):
         score *= 0.25
     level = _LEVEL.match(probe)
     if level:
         # A logger's own level outranks the words in its message.
-        if level.group(1) in _QUIET_LEVELS and "-unexpected-" not in lower:
+        name = level.group(1).upper()
+        if name in _QUIET_LEVELS and "-unexpected-" not in lower:
             score *= 0.5
-        elif level.group(1) in _LOUD_LEVELS:
+        elif name in _LOUD_LEVELS:
             score = max(score, 4.0)
     return score
+
+
+def is_noise(text: str) -> bool:
+    """A line that only reports success, such as `test_x PASSED` or `ok 5 parses`."""
+    words = set(_WORD_RE.findall(text[:200].lower()))
+    return bool(words & _DECOY_WORDS) and line_score(text) == 0.0
+
 
 def is_exit_marker(line: LogLine) -> bool:
     """True for lines that only say the command failed, such as `Process completed with exit code 1`."""
@@ -192,6 +214,7 @@ class Excerpter:
         self._segment_regions = 0
         self._job_order: dict[str, int] = {}
         self._in_key_block = False
+        self._runner_exits: list[tuple[str, str]] = []
 
     def feed(self, line: LogLine) -> None:
         self._total = line.number
@@ -220,9 +243,11 @@ class Excerpter:
         if self._teardown:
             score *= 0.4
         region = self._open
-        if region is not None and (
-            line.number <= region.open_until or (_CONTINUATION.match(text) and score < 2.0)
-        ) and len(region.lines) < MAX_REGION_LINES:
+        if (
+            region is not None
+            and (line.number <= region.open_until or (_CONTINUATION.match(text) and score < 2.0))
+            and len(region.lines) < MAX_REGION_LINES
+        ):
             region.lines.append(line)
             if score >= 2.0:
                 loose = loose_signature(text)
@@ -281,6 +306,10 @@ class Excerpter:
         window = [old for old in self._recent if old.job == marker.job and old.step == marker.step]
         if not window:
             window = [old for old in self._recent if old.job == marker.job]
+        # Passing-test lines just before the exit say nothing about why it failed.
+        window = [old for old in window if not is_noise(old.text)]
+        if marker.text.startswith(_RUNNER_EXIT):
+            self._runner_exits.append((marker.job, marker.step))
         verdict = marker.text.startswith(_JOB_VERDICTS)
         self._segment_regions = 0
         if not window:
@@ -324,9 +353,12 @@ class Excerpter:
     def finish(self) -> Excerpt:
         self._close_open()
         total = max(self._total, 1)
+        tolerated = set(self._runner_exits[:-1]) - set(self._runner_exits[-1:])
         for region in self._regions:
             position = region.anchor / total
             score = region.weight * (0.35 + 0.65 * position**2)
+            if (region.job, region.step) in tolerated:
+                score *= 0.4
             if region.rank_in_segment:
                 score *= 0.85
             if region.recovered:
@@ -371,13 +403,20 @@ def _cost(text: str) -> int:
 def _pack(regions: list[_Region], budget: int, total: int, job_order: dict[str, int]) -> Excerpt:
     """Fill the budget with the best regions first; show the chosen lines in log order."""
     chosen: dict[tuple[str, int], tuple[LogLine, str]] = {}
+    storm_shown: dict[str, int] = {}
     used = 0
     for region in sorted(regions, key=lambda r: r.final_score, reverse=True):
         ordered = region.lines[::-1] if region.focus_end else _anchor_first(region)
+        storm = _storm_lines(region.lines)
         for line in ordered:
             key = (line.job, line.number)
             if key in chosen or not line.text.strip():
                 continue
+            if line.number in storm:
+                # A storm of one message shows a few times in all, however many regions hold it.
+                if storm_shown.get(storm[line.number], 0) >= REPEAT_RUN_SHOWN:
+                    continue
+                storm_shown[storm[line.number]] = storm_shown.get(storm[line.number], 0) + 1
             # Redact before measuring, so the budget holds for the text that actually leaves.
             clean = redact_text(line.text)
             text = _shorten(clean, LINE_CAP)
@@ -395,6 +434,21 @@ def _pack(regions: list[_Region], budget: int, total: int, job_order: dict[str, 
     return Excerpt(blocks=_blocks(chosen, job_order), budget=budget, total_lines=total)
 
 
+def _storm_lines(lines: list[LogLine]) -> dict[int, str]:
+    """Lines in a run of more than REPEAT_RUN_SHOWN that differ only in numbers, with their signature."""
+    storm: dict[int, str] = {}
+    run: list[LogLine] = []
+    for line in [*lines, None]:
+        same = signature(line.text) if line is not None else None
+        if run and (line is None or same != signature(run[-1].text)):
+            if len(run) > REPEAT_RUN_SHOWN:
+                storm.update((member.number, signature(member.text)) for member in run)
+            run = []
+        if line is not None:
+            run.append(line)
+    return storm
+
+
 def _anchor_first(region: _Region) -> list[LogLine]:
     """The anchor line, then what follows it, then the context before it."""
     after = [line for line in region.lines if line.number >= region.anchor]
@@ -402,7 +456,9 @@ def _anchor_first(region: _Region) -> list[LogLine]:
     return after + before[::-1]
 
 
-def _blocks(chosen: dict[tuple[str, int], tuple[LogLine, str]], job_order: dict[str, int]) -> list[ExcerptBlock]:
+def _blocks(
+    chosen: dict[tuple[str, int], tuple[LogLine, str]], job_order: dict[str, int]
+) -> list[ExcerptBlock]:
     blocks: list[ExcerptBlock] = []
     current: list[ExcerptLine] = []
     previous: LogLine | None = None

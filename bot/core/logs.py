@@ -8,7 +8,7 @@ import re
 import zipfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import BinaryIO
+from typing import IO, BinaryIO
 
 # A line longer than this is cut: one 5 MB line must not cost 5 MB per copy downstream.
 MAX_LINE_BYTES = 16 * 1024
@@ -198,13 +198,14 @@ def open_zip_entry(
     if info.compress_size and info.file_size / info.compress_size > max_ratio:
         raise LogError(f"archive entry {_label(entry)!r} expands {info.file_size // info.compress_size}:1")
     # The header sizes can lie; count what actually comes out.
-    return _CappedReader(archive.open(info), max_entry_bytes, _label(entry))  # type: ignore[return-value]
+    capped = _CappedReader(archive.open(info), max_entry_bytes, _label(entry))
+    return io.BufferedReader(capped)
 
 
 class _CappedReader(io.RawIOBase):
     """Raise once more than `cap` bytes have been read, whatever the zip header claimed."""
 
-    def __init__(self, inner: BinaryIO, cap: int, label: str) -> None:
+    def __init__(self, inner: IO[bytes], cap: int, label: str) -> None:
         self._inner, self._cap, self._label, self._seen = inner, cap, label, 0
 
     def readable(self) -> bool:

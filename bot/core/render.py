@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
+from typing import Any
 
 from bot.core import templates
 from bot.core.models import Diagnosis, Excerpt
@@ -74,9 +75,10 @@ def excerpt_listing(excerpt: Excerpt) -> str:
     return "\n…\n".join(parts)
 
 
-def footer(diagnosis: Diagnosis, usage: Mapping[str, object] | None = None) -> str:
+def footer(diagnosis: Diagnosis, usage: Mapping[str, Any] | None = None) -> str:
+    """Who diagnosed it: the model with its tokens and cost, or the rules."""
     if diagnosis.source == "model" and usage:
-        return templates.FOOTER_MODEL.format(confidence=diagnosis.confidence, **usage)
+        return str(templates.FOOTER_MODEL.format(confidence=diagnosis.confidence, **usage))
     return templates.FOOTER_RULES.format(confidence=diagnosis.confidence)
 
 
@@ -85,7 +87,7 @@ def render_markdown(
     excerpt: Excerpt,
     *,
     log_urls: Mapping[str, str] | None = None,
-    usage: Mapping[str, object] | None = None,
+    usage: Mapping[str, Any] | None = None,
     previous: str | None = None,
 ) -> str:
     """The issue or PR comment body: summary, evidence, collapsible excerpt, recommendations, marker.
@@ -121,14 +123,18 @@ def render_markdown(
     older = _outdated(previous)
 
     def assemble(listing: str) -> str:
-        details = [
-            "",
-            f"<details><summary>Log excerpt ({len(excerpt.lines)} lines)</summary>",
-            "",
-            code_block(listing),
-            "",
-            "</details>",
-        ] if listing else []
+        details = (
+            [
+                "",
+                f"<details><summary>Log excerpt ({len(excerpt.lines)} lines)</summary>",
+                "",
+                code_block(listing),
+                "",
+                "</details>",
+            ]
+            if listing
+            else []
+        )
         return "\n".join([*head, *evidence, *details, *advice, *notes, *older, *tail])
 
     listing = excerpt_listing(excerpt)
@@ -149,7 +155,9 @@ def _outdated(previous: str | None) -> list[str]:
     if not previous:
         return []
     stale = _MARKER_RE.sub("", previous).strip()
-    stale = re.sub(r"<details><summary>" + re.escape(templates.OUTDATED_SUMMARY) + r".*", "", stale, flags=re.S)
+    stale = re.sub(
+        r"<details><summary>" + re.escape(templates.OUTDATED_SUMMARY) + r".*", "", stale, flags=re.S
+    )
     stale = stale[:8000]
     return ["", f"<details><summary>{templates.OUTDATED_SUMMARY}</summary>", "", stale, "", "</details>"]
 
@@ -158,7 +166,8 @@ def render_text(diagnosis: Diagnosis, excerpt: Excerpt) -> str:
     """A plain-text diagnosis for terminals."""
     lines = [
         f"{diagnosis.severity.upper()} {diagnosis.category}: {diagnosis.summary}",
-        f"source: {diagnosis.source} · confidence {diagnosis.confidence:.0%} · fingerprint {diagnosis.fingerprint}",
+        f"source: {diagnosis.source} · confidence {diagnosis.confidence:.0%}"
+        f" · fingerprint {diagnosis.fingerprint}",
         "",
         diagnosis.root_cause,
         "",

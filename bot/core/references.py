@@ -12,8 +12,13 @@ _PATH_LINE = re.compile(
 )
 _NOT_SOURCE = re.compile(r"^(?:https?|ftp)$|^\d+(?:\.\d+)+$")
 _RUNNER_PREFIXES = (
-    "/home/runner/work/", "/home/travis/build/", "/Users/runner/work/", "/builds/", "/github/workspace/",
-    "D:/a/", "C:/a/",
+    "/home/runner/work/",
+    "/home/travis/build/",
+    "/Users/runner/work/",
+    "/builds/",
+    "/github/workspace/",
+    "D:/a/",
+    "C:/a/",
 )
 
 
@@ -21,7 +26,7 @@ def relative_path(path: str) -> str:
     """Strip the CI checkout prefix (runner work dirs repeat the repo name twice) from a path."""
     for prefix in _RUNNER_PREFIXES:
         if path.startswith(prefix):
-            rest = path[len(prefix):].split("/")
+            rest = path[len(prefix) :].split("/")
             # /home/runner/work/<repo>/<repo>/src/x.py and /home/travis/build/<owner>/<repo>/src/x.py
             return "/".join(rest[2:]) if len(rest) > 2 else rest[-1]
     return path.lstrip("./")
@@ -36,6 +41,9 @@ def file_references(lines: Iterable[str], limit: int = 20) -> list[tuple[str, in
             number = int(match.group("line") or match.group("pyline"))
             if not path or _NOT_SOURCE.match(path) or "site-packages/" in path or "node_modules/" in path:
                 continue
+            around = text[max(match.start() - 3, 0) : match.start() + 2]
+            if "://" in around or text[: match.start()].endswith("@"):
+                continue  # host:port in a URL, not file:line
             if number == 0:
                 continue
             found.setdefault((relative_path(path), number), None)

@@ -1,0 +1,92 @@
+"""The `mendbot` command line: diagnose, excerpt and eval, with clear errors instead of tracebacks."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from bot.cli import app
+
+FIXTURES = Path(__file__).parent / "fixtures" / "logs"
+LOG = FIXTURES / "gha-gradle-test-failure.log"
+runner = CliRunner()
+
+
+@pytest.fixture(autouse=True)
+def no_model(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("MENDBOT_ANTHROPIC_API_KEY", "ANTHROPIC_API_KEY"):
+        monkeypatch.delenv(name, raising=False)
+
+
+def test_diagnose_text_names_the_cause_and_the_source() -> None:
+    result = runner.invoke(app, ["diagnose", str(LOG), "--offline"])
+    assert result.exit_code == 0, result.output
+    assert "test_failure" in result.stdout and "testClassicParsing" in result.stdout
+    assert "source: rules" in result.stdout
+
+
+def test_diagnose_json_has_the_diagnosis_and_the_excerpt() -> None:
+    result = runner.invoke(app, ["diagnose", str(LOG), "--offline", "--format", "json", "--budget", "1024"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert data["diagnosis"]["source"] == "rules"
+    lines = [line for block in data["excerpt"]["blocks"] for line in block["lines"]]
+    assert sum(len(line["text"].encode()) + 1 for line in lines) <= 1024
+
+
+def test_diagnose_markdown_is_the_comment_mendbot_would_post() -> None:
+    result = runner.invoke(app, ["diagnose", str(LOG), "--offline", "--format", "markdown"])
+    assert result.exit_code == 0
+    assert "<!-- mendbot:fingerprint=" in result.stdout and "<details>" in result.stdout
+
+
+def test_diagnose_reads_standard_input_and_uses_a_passing_log() -> None:
+    pass_log = FIXTURES / "gha-gradle-test-failure.pass.log"
+    result = runner.invoke(app, ["diagnose", "-", "--offline", "--pass-log", str(pass_log)], input=LOG.read_bytes())
+    assert result.exit_code == 0, result.output
+    assert "testClassicParsing" in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["diagnose", "no/such.log"], "no such log file"),
+        (["diagnose", str(LOG), "--pass-log", "no/such.log"], "no such passing log"),
+        (["excerpt", "--manifest", "no/such.jsonl", "--out", "x.jsonl"], "manifest not found"),
+        (["eval", "excerpts", "--manifest", "no/such.jsonl"], "manifest not found"),
+    ],
+)
+def test_bad_input_gets_one_clear_line_not_a_traceback(args: list[str], message: str) -> None:
+    result = runner.invoke(app, args)
+    assert result.exit_code == 2
+    assert message in result.output
+    assert "Traceback" not in result.output
+
+
+def test_empty_log_is_reported(tmp_path: Path) -> None:
+    empty = tmp_path / "empty.log"
+    empty.write_bytes(b"")
+    result = runner.invoke(app, ["diagnose", str(empty)])
+    assert result.exit_code == 1 and "empty" in result.output
+
+
+def test_excerpt_batch_writes_one_row_per_case(tmp_path: Path) -> None:
+    out = tmp_path / "rows.jsonl"
+    result = runner.invoke(
+        app, ["excerpt", "--manifest", str(FIXTURES / "manifest.jsonl"), "--budget", "2048", "--out", str(out)]
+    )
+    assert result.exit_code == 0, result.output
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(rows) == 3
+    assert all(set(row) == {"id", "lines", "category", "severity", "fingerprint"} for row in rows)
+    assert not list(tmp_path.glob("*.partial"))
+
+
+def test_eval_prints_ours_beside_the_baseline() -> None:
+    result = runner.invoke(app, ["eval", "excerpts", "--manifest", str(FIXTURES / "manifest.jsonl"), "--workers", "1"])
+    assert result.exit_code == 0, result.output
+    assert "mendbot" in result.stdout and "last 4096 bytes" in result.stdout
+    assert "category accuracy" in result.stdout

@@ -19,6 +19,7 @@ from bot.core.prompt import (
     parse_answer,
     sanitize_untrusted,
 )
+from bot.core.redact import RedactionError
 
 BLOCK_RE = re.compile(r'<untrusted kind="[a-z_]+">\n.*?\n</untrusted>', re.S)
 SYSTEM = "You diagnose CI failures."
@@ -192,8 +193,12 @@ def test_commits_are_capped_and_shas_are_hex_only() -> None:
 
 
 def redact_fake_keys(text: str) -> str:
-    """A stand-in redactor: single-line keys, and key blocks that may span several lines."""
-    text = re.sub(r"-----BEGIN KEY-----.*?-----END KEY-----", "[REDACTED:private_key]", text, flags=re.S)
+    """A stand-in redactor: single-line keys, and key blocks that may span several lines, kept line for line."""
+
+    def key_block(match: re.Match[str]) -> str:
+        return "\n".join("[REDACTED:private_key]" for _ in match.group().split("\n"))
+
+    text = re.sub(r"-----BEGIN KEY-----.*?-----END KEY-----", key_block, text, flags=re.S)
     return re.sub(r"sk-ant-[A-Za-z0-9]+", "[REDACTED:anthropic_key]", text)
 
 
@@ -213,7 +218,7 @@ def test_every_piece_is_redacted_and_the_whole_message_gets_a_final_pass() -> No
         redact=redact_fake_keys,
     )
     assert "sk-ant-" not in prompt.user
-    assert "c2VjcmV0" not in prompt.user  # only the final pass sees the key block whole
+    assert "c2VjcmV0" not in prompt.user  # the excerpt block is redacted whole, not line by line
     assert "[REDACTED:anthropic_key]" in prompt.user
     assert prompt.size_bytes <= prompt.budget
 
@@ -227,6 +232,14 @@ def test_a_failing_redactor_means_no_prompt() -> None:
 
     with pytest.raises(RedactionFailed):
         build_prompt(excerpt_of(ERROR_BLOCK), system=SYSTEM, redact=broken)
+
+
+def test_a_redactor_that_changes_the_number_of_lines_means_no_prompt() -> None:
+    def merging(text: str) -> str:
+        return text.replace("\n", " ")
+
+    with pytest.raises(RedactionError):
+        build_prompt(excerpt_of(ERROR_BLOCK), system=SYSTEM, redact=merging)
 
 
 def test_a_redactor_that_grows_the_text_still_meets_the_budget() -> None:
@@ -382,3 +395,37 @@ def test_parse_answer_names_the_problems_without_echoing_values() -> None:
     for field in ("severity", "confidence", "evidence", "root_cause", "impact"):
         assert field in message
     assert "sk-ant-leaked" not in message and "see above" not in message
+
+
+def pem_key_lines() -> list[str]:
+    """A real PKCS#8 private key, as the lines a log or a source file would show it."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    return pem.decode().strip().split("\n")
+
+
+def test_a_private_key_split_over_lines_is_redacted_whole_in_every_block() -> None:
+    key = pem_key_lines()
+    body = key[1:-1]
+    assert len(body) >= 2 and all(len(line) >= 20 for line in body)
+    excerpt = excerpt_of([(n, text) for n, text in enumerate(["Writing deploy key:", *key], start=30)])
+    prompt = build_prompt(
+        excerpt,
+        system=SYSTEM,
+        sources=[SourceSnippet("deploy/key.pem", 1, "\n".join(key))],
+        green_diff=["cat deploy/key.pem", *key],
+    )
+
+    for line in body:
+        assert line not in prompt.user
+    assert "BEGIN PRIVATE KEY" not in prompt.user
+    # Every line keeps its place and number: the blocks are redacted, not dropped.
+    assert "\n30 | Writing deploy key:\n" in prompt.user
+    assert f"\n{30 + len(key) - 1} | [REDACTED:private_key]" in prompt.user
+    assert prompt.user.count('<untrusted kind="source">') == 1
+    assert "cat deploy/key.pem" in prompt.user

@@ -11,6 +11,7 @@ from typing import Any, NamedTuple
 from pydantic import ValidationError, create_model
 
 from bot.core.models import Diagnosis, Excerpt
+from bot.core.redact import RedactionError
 
 DEFAULT_BUDGET = 12_000  # bytes of user message, about 3,000 tokens
 MAX_COMMITS = 5
@@ -212,29 +213,42 @@ def build_prompt(
 
     `system` is the static instruction text (bot/prompts/system.md). Every untrusted input is sanitised,
     then redacted, then placed in an <untrusted> block; the whole message gets a final redaction pass.
-    A RedactionError from `redact` propagates: if redaction fails, nothing is sent.
+    Multi-line inputs (an excerpt block, a source snippet, the green diff) are redacted as one text, so a
+    secret that spans lines, such as a PEM private key, is recognised whole; `redact` must keep the number
+    of lines. A RedactionError from `redact` propagates: if redaction fails, nothing is sent.
     """
     redact = redact or _default_redactor()
 
     def clean(text: str) -> str:
         return redact(sanitize_untrusted(text))
 
+    def clean_lines(lines: Sequence[str]) -> list[str]:
+        if not lines:
+            return []
+        sanitised = [_one_line(sanitize_untrusted(line)) for line in lines]
+        redacted = redact("\n".join(sanitised)).split("\n")
+        if len(redacted) != len(sanitised):
+            # The lines could no longer be matched to their numbers; sending them would mislabel the log.
+            raise RedactionError("redaction changed the number of lines")
+        return redacted
+
     def clean_label(text: str) -> str:
         return _label(redact(_label(text)))
 
-    blocks = [
-        (clean_label(b.job), clean_label(b.step), [(ln.number, _one_line(clean(ln.text))) for ln in b.lines])
-        for b in excerpt.blocks
-        if b.lines
-    ]
+    blocks = []
+    for b in excerpt.blocks:
+        if b.lines:
+            texts = clean_lines([line.text for line in b.lines])
+            numbered = [(line.number, text) for line, text in zip(b.lines, texts, strict=True)]
+            blocks.append((clean_label(b.job), clean_label(b.step), numbered))
     facts = _Facts(
         failed_job=clean_label(job),
         failed_step=clean_label(step),
         blocks=blocks,
         block_drop_order=_block_drop_order(blocks),
-        green_diff=[_one_line(clean(line)) for line in green_diff],
+        green_diff=clean_lines(list(green_diff)),
         sources=[
-            (clean_label(path), max(start, 1), [_one_line(clean(line)) for line in text.splitlines()])
+            (clean_label(path), max(start, 1), clean_lines(text.splitlines()))
             for path, start, text in (SourceSnippet(*snippet) for snippet in sources)
         ],
         commits=[
@@ -246,7 +260,7 @@ def build_prompt(
     target = budget
     for _ in range(4):
         user, trimmed = _fit(facts, target)
-        # Secrets can straddle what was redacted piece by piece, such as a PEM key over several lines.
+        # A last pass over the whole message, in case a secret straddles two separately redacted pieces.
         user = redact(user)
         size = len(user.encode("utf-8"))
         if size <= budget:

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Protocol
 
+from bot.core.classify import Rule
 from bot.core.models import Diagnosis, Excerpt
 from bot.core.prompt import CommitInfo, SourceSnippet
 
@@ -27,6 +28,9 @@ class FailureFacts:
     issue_body: str | None = None
     # The fetched source files by repository path, to check the `file:line` a diagnosis cites.
     fetched_files: dict[str, str] = field(default_factory=dict)
+    # The repository's own rules merged over the defaults (.github/mendbot.yml); None: the defaults. Every
+    # rules diagnosis uses them, including the fallback inside a model diagnoser.
+    rules: Sequence[Rule] | None = None
 
 
 @dataclass(frozen=True)

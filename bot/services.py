@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from collections.abc import Callable, Iterable, Sequence
 from contextlib import suppress
@@ -68,6 +67,8 @@ class Options:
     log_max_bytes: int = 100 * 1024 * 1024
     excerpt_budget: int = DEFAULT_BUDGET
     download_dir: Path | None = None
+    # Bot logins allowed to ask for a diagnosis by label (SECURITY item 13: other bots never may).
+    trigger_bots: tuple[str, ...] = ()
 
 
 @dataclass
@@ -155,7 +156,7 @@ class Services:
         green_jobs = self._green_jobs(client, run, notes)
         commits = self._commits(client, run, notes)
         files: dict[str, str | None] = {}
-        diagnoser = self._diagnoser_for(loaded)
+        rules = loaded.rules if loaded.config.rules else None
         jobs = []
         for job in failed[:MAX_JOBS]:
             passing = self._passing_index(client, run.repository, green_jobs.get(job.name))
@@ -174,19 +175,13 @@ class Services:
                 commits=commits,
                 green_diff=green_diff(excerpt, passing),
                 fetched_files=fetched,
+                rules=rules,
             )
-            result = diagnoser.diagnose(facts, self.clock())
+            result = self.diagnoser.diagnose(facts, self.clock())
             jobs.append(JobDiagnosis(job.name, job.html_url, excerpt, result, fetched))
         if not jobs:
             return None
         return Report(run, rank_jobs(jobs), tuple(notes))
-
-    def _diagnoser_for(self, loaded: LoadedConfig) -> Diagnoser:
-        # A repository's own rules go to the offline diagnoser; the model diagnoser takes them with its
-        # offline fallback once it is wired in (see wiring.build_diagnoser).
-        if isinstance(self.diagnoser, OfflineDiagnoser) and loaded.config.rules:
-            return dataclasses.replace(self.diagnoser, rules=loaded.rules)
-        return self.diagnoser
 
     def _download(self, client: InstallationClient, repository: str, job_id: int) -> LogDownload:
         return client.download_job_log(

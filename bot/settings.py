@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated, Any
 
 from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from bot.policy.limits import ModelPrices
 
 DEFAULT_API_URL = "https://api.github.com"
 DEFAULT_DATABASE_URL = "sqlite:///mendbot.db"
@@ -47,6 +50,23 @@ class Settings(BaseSettings):
     anthropic_base_url: str | None = Field(
         default=None, description="Messages API root, for proxies and tests"
     )
+    anthropic_model: str | None = Field(
+        default=None, description="the Claude model; unset: the newest Sonnet the installed SDK names"
+    )
+    anthropic_max_tokens: int = Field(default=2048, gt=0, le=64_000, description="cap on one answer")
+    anthropic_timeout: float = Field(default=60.0, gt=0, description="seconds to wait for one API call")
+    model_diagnoses_per_hour: int = Field(
+        default=10, ge=0, description="model diagnoses per repository per clock hour; 0 switches the model off"
+    )
+    model_usd_per_day_per_repository: float = Field(default=2.0, ge=0, description="daily model budget")
+    model_usd_per_day_per_installation: float = Field(default=20.0, ge=0, description="daily model budget")
+    model_prices: dict[str, ModelPrices] = Field(
+        default_factory=dict,
+        description="JSON: USD per million tokens by model-name part, merged over the built-in table",
+    )
+    trigger_bots: Annotated[tuple[str, ...], NoDecode] = Field(
+        default=(), description="comma-separated bot logins allowed to trigger a diagnosis by label"
+    )
     log_max_bytes: int = Field(default=100 * MB, gt=0, description="cap on one downloaded job log")
     max_body_bytes: int = Field(default=25 * MB, gt=0, description="cap on one webhook body (GitHub's own)")
     workers: int = Field(default=2, ge=1, le=64, description="worker threads that process deliveries")
@@ -60,6 +80,19 @@ class Settings(BaseSettings):
         if value is not None and not value.startswith(("http://", "https://")):
             raise ValueError("must start with http:// or https://")
         return value.rstrip("/") if value else value
+
+    @field_validator("trigger_bots", mode="before")
+    @classmethod
+    def _comma_separated(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return tuple(name.strip() for name in value.split(",") if name.strip())
+        return value
+
+    def anthropic_key(self) -> str | None:
+        """The Anthropic key, or None when none is set (an empty variable counts as unset)."""
+        if self.anthropic_api_key is None:
+            return None
+        return self.anthropic_api_key.get_secret_value().strip() or None
 
     def private_key_pem(self) -> str:
         """The App's private key, from MENDBOT_PRIVATE_KEY or the file MENDBOT_PRIVATE_KEY_PATH names."""

@@ -6,20 +6,24 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import cache
 
 from prometheus_client import CollectorRegistry
 
+from bot.adapters.anthropic import ClaudeDiagnoser
 from bot.adapters.github import GitHubApp
 from bot.adapters.queue import DEFAULT_MAX_ATTEMPTS, Queue, make_huey, sqlite_queue_path
 from bot.adapters.store import DeliveryStatus, Store
-from bot.diagnosers import OfflineDiagnoser
+from bot.diagnosers import OfflineDiagnoser, RememberingDiagnoser
 from bot.events import event_from_stored
-from bot.handlers import workflow_run
+from bot.handlers import issues, workflow_run
 from bot.metrics import Metrics
+from bot.model_diagnoser import ModelClient, ModelDiagnoser
+from bot.policy.limits import DEFAULT_MODEL_PRICES, CircuitBreaker, LimitsConfig, PriceTable
 from bot.ports import Diagnoser
 from bot.routing import Outcome, Router
 from bot.services import Options, Services
-from bot.settings import DEFAULT_QUEUE_FILE, Settings
+from bot.settings import DEFAULT_QUEUE_FILE, Settings, SettingsError
 
 log = logging.getLogger(__name__)
 
@@ -28,15 +32,58 @@ def utc_now() -> datetime:
     return datetime.now(UTC)
 
 
-def build_diagnoser(settings: Settings, store: Store) -> Diagnoser:
-    """The one place that chooses the diagnoser. The Claude diagnoser will be chosen here when an
-    Anthropic key is set; until it is wired in, every deployment diagnoses offline from the rules."""
-    return OfflineDiagnoser()
+@cache
+def process_breaker() -> CircuitBreaker:
+    """The one circuit breaker of this process: it tracks the model API's health across every delivery."""
+    return CircuitBreaker()
+
+
+def model_client(settings: Settings) -> ClaudeDiagnoser:
+    """The Claude adapter from the settings; the caller closes it (or lets the process end)."""
+    key = settings.anthropic_key()
+    if key is None:
+        raise SettingsError("set MENDBOT_ANTHROPIC_API_KEY (or ANTHROPIC_API_KEY)")
+    return ClaudeDiagnoser(
+        key,
+        base_url=settings.anthropic_base_url,
+        model=settings.anthropic_model,
+        max_tokens=settings.anthropic_max_tokens,
+        timeout=settings.anthropic_timeout,
+    )
+
+
+def build_diagnoser(
+    settings: Settings,
+    store: Store,
+    *,
+    client: ModelClient | None = None,
+    breaker: CircuitBreaker | None = None,
+) -> Diagnoser:
+    """The one place that chooses the diagnoser: Claude behind the spending caps when an Anthropic key is
+    set, otherwise the rules. `client` and `breaker` default to a new adapter and the process breaker."""
+    if settings.anthropic_key() is None:
+        return OfflineDiagnoser()
+    limits = LimitsConfig(
+        diagnoses_per_hour_per_repository=settings.model_diagnoses_per_hour,
+        usd_per_day_per_repository=settings.model_usd_per_day_per_repository,
+        usd_per_day_per_installation=settings.model_usd_per_day_per_installation,
+    )
+    prices = PriceTable(models={**DEFAULT_MODEL_PRICES, **settings.model_prices})
+    model = ModelDiagnoser(
+        client or model_client(settings),
+        store,
+        limits,
+        prices,
+        OfflineDiagnoser(),
+        breaker or process_breaker(),
+    )
+    return RememberingDiagnoser(model, store)
 
 
 def build_router() -> Router[Services]:
     router: Router[Services] = Router()
     workflow_run.register(router)
+    issues.register(router)
     return router
 
 
@@ -100,7 +147,10 @@ def build_components(
         github=github,
         diagnoser=build_diagnoser(settings, store),
         options=Options(
-            bot_login=settings.bot_login, dry_run=settings.dry_run, log_max_bytes=settings.log_max_bytes
+            bot_login=settings.bot_login,
+            dry_run=settings.dry_run,
+            log_max_bytes=settings.log_max_bytes,
+            trigger_bots=settings.trigger_bots,
         ),
         clock=clock,
         print_plan=print_plan,

@@ -67,6 +67,10 @@ MODEL_REDACTION_NOTE: Final = (
 )
 MODEL_PROMPT_NOTE: Final = "The model was not used: the facts did not fit in the prompt's size budget."
 MODEL_INVALID_NOTE: Final = "The model's answer was invalid twice, so this is the rule-based diagnosis."
+MODEL_REMEMBERED_NOTE: Final = (
+    "The model diagnosed this same log excerpt on {when:%Y-%m-%d %H:%M} UTC; this repeats that diagnosis "
+    "without a new model call."
+)
 MODEL_INVENTED_NOTE: Final = (
     "The model's diagnosis was discarded because none of its evidence is in the log; "
     "this is the rule-based diagnosis."
@@ -91,3 +95,8 @@ CONFIG_ISSUE_BODY: Final = (
     "until the file is fixed:\n\n{problems}\n\n"
     "The keys are described in Mendbot's configuration reference (docs/configuration.md).\n{marker}"
 )
+
+# Diagnoses asked for by labeling an issue `claude-ready`.
+ISSUE_DIAGNOSIS_MARKER: Final = "<!-- mendbot:claude-ready={delivery} -->"
+ISSUE_FROM_RUN: Final = "Diagnosis of the failed jobs of [run {run_id}]({run_url}), which this issue links to."
+ISSUE_FROM_BODY: Final = "Diagnosis of the log text in this issue."

@@ -46,6 +46,10 @@ _STRONG_PHRASES = (
     "could not", "can't find", "cannot find", "cannot open", "not found", "compilation failed",
     "exception:", "exception in", "assertion failed", "✗", "✕", "✖", "×",
 )
+# A phrase can only be present when its longest word is: check that cheap set before the phrases.
+_PHRASE_TRIGGERS = frozenset(
+    max(_WORD_RE.findall(phrase), key=len) for phrase in _STRONG_PHRASES if _WORD_RE.findall(phrase)
+)
 _STRUCTURAL = re.compile(
     r"\s*(?:E {2,}\S|(?:not ok|FAIL|FAILED|ERROR)\b|\w*(?:Error|Exception)\b[:(]?\s|\S+:\d+:(?:\d+:)? )"
 )
@@ -96,10 +100,12 @@ _TEARDOWN_LINE = re.compile(
     re.IGNORECASE,
 )
 # A test that failed then passed on a rerun is not the cause.
-_TEST_RESULT = re.compile(
-    r"(?P<name>[\w./\[\]-]+::[\w\[\]./:-]+|\b[A-Z]\w*Test\w*\s*>\s*\w+\(\)"
-    r"|--- (?:FAIL|PASS): \S+|\btest\w+\b)"
-    r"[^\n]{0,40}?\b(?P<verdict>PASSED|PASS|FAILED|FAIL|RERUN|ok|ERROR)\b",
+# Each shape is tried only when its cheap marker is in the line; one combined pattern backtracked badly.
+_TEST_RESULTS: tuple[tuple[str, re.Pattern[str]], ...] = (
+    ("::", re.compile(r"(?P<name>[^\s:]+::\S+)\s+(?P<verdict>PASSED|FAILED|ERROR|RERUN)\b")),
+    (">", re.compile(r"(?P<name>\w+\s*>\s*\w+\(\))\s+(?P<verdict>PASSED|FAILED)\b")),
+    ("--- ", re.compile(r"--- (?P<verdict>FAIL|PASS): (?P<name>\S+)")),
+    ("ok ", re.compile(r"^(?P<verdict>ok|not ok) \d+ (?:- )?(?P<name>.{1,80})$")),
 )
 _MASK = re.compile(r"0x[0-9a-f]+|\b[0-9a-f]{7,}\b|\d+(?:\.\d+)*", re.IGNORECASE)
 
@@ -125,7 +131,9 @@ def line_score(text: str) -> float:
     lower = probe.lower()
     words = set(_WORD_RE.findall(lower))
     score = 0.0
-    if words & _STRONG_WORDS or any(phrase in lower for phrase in _STRONG_PHRASES):
+    if words & _STRONG_WORDS or (
+        (words & _PHRASE_TRIGGERS or not lower.isascii()) and any(phrase in lower for phrase in _STRONG_PHRASES)
+    ):
         score = 4.0
     elif words & _MEDIUM_WORDS:
         score = 2.0
@@ -339,12 +347,15 @@ class Excerpter:
             self._by_signature = {r.signature: r for r in self._regions}
 
     def _track_test_result(self, text: str) -> None:
-        match = _TEST_RESULT.search(text[:240])
+        probe = text[:240]
+        match = next(
+            (found for marker, pattern in _TEST_RESULTS if marker in probe and (found := pattern.search(probe))),
+            None,
+        )
         if not match:
             return
-        name = re.sub(r"--- (?:FAIL|PASS): ", "", match.group("name"))
-        verdict = match.group("verdict")
-        if verdict in ("FAILED", "FAIL", "ERROR", "RERUN"):
+        name, verdict = match.group("name"), match.group("verdict")
+        if verdict in ("FAILED", "FAIL", "ERROR", "RERUN", "not ok"):
             if self._open is not None:
                 self._tests[name] = self._open
         elif name in self._tests:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, BinaryIO, TypeVar
@@ -17,6 +18,8 @@ from bot.core.excerpt import DEFAULT_BUDGET, Excerpter, PassingIndex
 from bot.core.logs import LogError, LogLine, read_log
 
 if TYPE_CHECKING:
+    from bot.core.models import Excerpt
+    from bot.ports import DiagnosisResult
     from bot.settings import Settings
 
 T = TypeVar("T")
@@ -128,8 +131,7 @@ def diagnose(
     output: Annotated[OutputFormat, typer.Option("--format", help="text, json or markdown")] = OutputFormat.TEXT,
     offline: Annotated[bool, typer.Option("--offline", help="use the rules even when a model is configured")] = False,
 ) -> None:
-    """Diagnose one failed CI log and print the diagnosis."""
-    from bot.core.diagnose import offline_diagnosis
+    """Diagnose one failed CI log and print the diagnosis: with Claude when an Anthropic key is set."""
     from bot.core.render import render_markdown, render_text
 
     try:
@@ -139,13 +141,67 @@ def diagnose(
         raise fail(str(exc)) from None
     if not excerpt.lines:
         raise fail(f"{path}: the log is empty; there is nothing to diagnose", code=1)
-    diagnosis = offline_diagnosis(excerpt)
+    result = _diagnose_excerpt(excerpt, offline)
+    diagnosis = result.diagnosis
     if output is OutputFormat.JSON:
-        print(json.dumps({"diagnosis": diagnosis.model_dump(mode="json"), "excerpt": excerpt.model_dump()}, indent=2))
+        usage = result.usage_for_footer()
+        document = {"diagnosis": diagnosis.model_dump(mode="json"), "excerpt": excerpt.model_dump(), "usage": usage}
+        print(json.dumps(document, indent=2))
     elif output is OutputFormat.MARKDOWN:
-        print(render_markdown(diagnosis, excerpt))
+        print(render_markdown(diagnosis, excerpt, usage=result.usage_for_footer()))
     else:
-        print(render_text(diagnosis, excerpt))
+        source = "source: rules"
+        if diagnosis.source == "model" and result.model:
+            tokens = result.input_tokens + result.cache_read_tokens + result.cache_write_tokens
+            source = (
+                f"source: model ({result.model}, {tokens:,} in / {result.output_tokens:,} out tokens, "
+                f"${result.cost_usd:.4f})"
+            )
+        print(render_text(diagnosis, excerpt).replace(f"source: {diagnosis.source}", source, 1))
+
+
+def _diagnose_excerpt(excerpt: Excerpt, offline: bool) -> DiagnosisResult:
+    """The model's diagnosis when a key is set and --offline is not, else the rules'; a failure is a note.
+
+    The spending caps need a store: MENDBOT_DATABASE_URL when it is set (so caps hold across runs), else a
+    SQLite file in a temporary directory that lives as long as this one command.
+    """
+    import tempfile
+    from datetime import UTC, datetime
+
+    from bot.adapters.store import Store, StoreUnavailable
+    from bot.core import templates
+    from bot.diagnosers import OfflineDiagnoser
+    from bot.ports import FailureFacts
+    from bot.settings import SettingsError, load_settings
+
+    facts = FailureFacts(repository="local", excerpt=excerpt)
+    now = datetime.now(UTC)
+    rules = OfflineDiagnoser().diagnose(facts, now)
+    if offline:
+        return rules
+    try:
+        settings = load_settings()
+    except SettingsError as exc:
+        raise fail(str(exc)) from None
+    if settings.anthropic_key() is None:
+        return rules
+    from bot.wiring import build_diagnoser, model_client
+
+    try:
+        with tempfile.TemporaryDirectory(prefix="mendbot-") as scratch:
+            chosen = "database_url" in settings.model_fields_set
+            store = Store(settings.database_url if chosen else f"sqlite:///{Path(scratch) / 'state.db'}")
+            try:
+                store.migrate()
+                with model_client(settings) as client:
+                    return build_diagnoser(settings, store, client=client).diagnose(facts, now)
+            finally:
+                store.close()
+    except Exception as exc:  # whatever went wrong, the rules diagnosis still stands
+        reason = str(exc) if isinstance(exc, StoreUnavailable) else type(exc).__name__
+        note = templates.MODEL_UNAVAILABLE_NOTE.format(reason=reason)
+        return replace(rules, diagnosis=rules.diagnosis.model_copy(update={"notes": [note, *rules.diagnosis.notes]}))
 
 
 @app.command()

@@ -79,9 +79,7 @@ def test_a_model_failure_prints_the_rules_diagnosis_with_a_note(server: FakeAnth
     assert code == 0, output
     assert "Traceback" not in output
     assert "source: rules" in output
-    assert "The model could not be asked (the model API answered 400 invalid_request_error)" in " ".join(
-        output.split()
-    )
+    assert "The model could not be asked (the model API answered 400 invalid_request_error)" in " ".join(output.split())
     assert server.api_key not in output
 
 

@@ -1,0 +1,1 @@
+"""Default classification rules, shipped as package data (default.toml)."""

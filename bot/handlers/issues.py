@@ -45,7 +45,7 @@ class LabeledIssue:
     author: str | None
     label: str
     sender: str | None
-    sender_is_bot: bool
+    sender_type: str
 
     @classmethod
     def from_payload(cls, payload: dict[str, Any], installation_id: int) -> LabeledIssue | None:
@@ -66,7 +66,7 @@ class LabeledIssue:
             author=(issue.get("user") or {}).get("login"),
             label=str((payload.get("label") or {}).get("name") or ""),
             sender=login,
-            sender_is_bot=sender.get("type") == "Bot" or (login or "").lower().endswith("[bot]"),
+            sender_type=str(sender.get("type") or ""),
         )
 
 
@@ -84,7 +84,7 @@ def may_trigger(
         return Decision.refuse("the delivery names no sender")
     if sender.lower() == bot_login.lower():
         return Decision.refuse(f"the label was added by Mendbot itself ({sender}); loop guard")
-    if issue.sender_is_bot:
+    if issue.sender_type == "Bot" or sender.lower().endswith("[bot]"):
         if sender.lower() in {name.lower() for name in allowed_bots}:
             return Decision.allow(f"{sender} is an allowlisted bot")
         return Decision.refuse(f"{sender} is a bot that is not allowlisted (MENDBOT_TRIGGER_BOTS)")

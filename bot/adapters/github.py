@@ -47,6 +47,8 @@ ANNOTATIONS_PER_REQUEST = 50
 CHECK_TEXT_LIMIT = 65535
 FAILED_CONCLUSIONS = frozenset({"failure", "timed_out", "startup_failure"})
 ROLES = ("admin", "maintain", "write", "triage", "read")
+# A token handed to us belongs to no installation we know of; its cache and clients use this id.
+TOKEN_INSTALLATION_ID = 0
 _API_VERSION_HEADERS = {"Accept": "application/vnd.github+json", "X-GitHub-Api-Version": "2022-11-28"}
 _SECRET_PATTERNS = re.compile(
     r"gh[pousr]_[A-Za-z0-9_.\-]+|github_pat_[A-Za-z0-9_]+|eyJ[\w-]+\.[\w-]+\.[\w-]*"
@@ -522,6 +524,61 @@ class GitHubApp:
             client.gh.close()
 
 
+class TokenAccess:
+    """A token someone handed us (the Actions GITHUB_TOKEN, a PAT) behind the App's retries and write spacing.
+
+    There is no key to mint a new token with: after a 401 the one retry sends the same token and fails the same
+    way, so a bad token ends as a GitHubError with status 401 after two requests."""
+
+    def __init__(
+        self,
+        token: str,
+        base_url: str = DEFAULT_API_URL,
+        clock: Callable[[], float] = time.time,
+        sleep: Callable[[float], None] = time.sleep,
+        retry: RetryPolicy | None = None,
+        write_interval: float = 1.0,
+        writes_per_minute: int = 60,
+        writes_per_hour: int = 400,
+        on_api_call: Callable[[ApiCall], None] | None = None,
+        timeout: int = 30,
+        user_agent: str = "mendbot",
+    ) -> None:
+        if not token:
+            raise ValueError("the GitHub token is empty")
+        self.base_url = base_url.rstrip("/")
+        self.clock = clock
+        self.on_api_call = on_api_call
+        self.timeout = timeout
+        self.user_agent = user_agent
+        self.resilience = _Resilience(retry or RetryPolicy(), clock, sleep)
+        self.writes = WriteGate(write_interval, writes_per_minute, writes_per_hour, clock, sleep)
+        self.tokens = InstallationTokens(lambda _installation: (token, float("inf")), clock)
+        # Cached from the start, so every error message is scrubbed of it even before the first call.
+        self.tokens.get(TOKEN_INSTALLATION_ID)
+        self.http = httpx.Client(
+            timeout=timeout, headers={"User-Agent": user_agent, **_API_VERSION_HEADERS}, verify=_tls_context()
+        )
+        self._client: InstallationClient | None = None
+
+    def client(self, installation_id: int = TOKEN_INSTALLATION_ID) -> InstallationClient:
+        """The one client of this token; the installation id is ignored (the token decides what it sees)."""
+        if self._client is None:
+            self._client = InstallationClient(self, TOKEN_INSTALLATION_ID)
+        return self._client
+
+    def close(self) -> None:
+        self.http.close()
+        if self._client is not None:
+            self._client.gh.close()
+
+    def __enter__(self) -> TokenAccess:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
 def _as_error(operation: str, exc: BaseException, secrets: Iterable[str]) -> GitHubError:
     failure = _failure(exc) or _Failure(None, {}, type(exc).__name__)
     detail = _scrub(failure.message or "no message", secrets)
@@ -534,7 +591,7 @@ def _as_error(operation: str, exc: BaseException, secrets: Iterable[str]) -> Git
 class InstallationClient:
     """The operations Mendbot needs, for one installation, returning plain data."""
 
-    def __init__(self, app: GitHubApp, installation_id: int) -> None:
+    def __init__(self, app: GitHubApp | TokenAccess, installation_id: int) -> None:
         self.app = app
         self.installation_id = installation_id
         self.gh = Github(

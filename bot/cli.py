@@ -344,6 +344,19 @@ def replay(
         raise typer.Exit(1)
 
 
+@app.command()
+def action() -> None:
+    """Run as the GitHub Action: diagnose the run's failed jobs; inputs come from INPUT_* and GITHUB_* variables."""
+    import logging
+    import os
+
+    from bot.action import run
+
+    # A prefix on every line: a log line the runner reads as starting with :: would be a workflow command.
+    logging.basicConfig(level=logging.WARNING, format="mendbot: %(levelname)s %(message)s")
+    raise typer.Exit(run(os.environ))
+
+
 def _log_to_stderr() -> None:
     import logging
 

@@ -68,7 +68,7 @@ CASES = [
         "cancelled",
         "cancelled-run",
     ),
-    ("!!!!!!!!!!!!!!!!!!!! KeyboardInterrupt !!!!!!!!!!!!!!!!!!!!", "cancelled", "cancelled-interrupt"),
+    ("!!!!!!!!!!!!!!!!!!!! KeyboardInterrupt !!!!!!!!!!!!!!!!!!!!", "cancelled", "cancelled-keyboard-interrupt"),
     ("##[error]received SIGINT", "cancelled", "cancelled-interrupt"),
     # memory
     ("Killed", "oom", "oom-killed"),
@@ -187,7 +187,7 @@ CASES = [
         "dependency-rust-go",
     ),
     # compile errors
-    ('  File "app.py", line 3\nSyntaxError: invalid syntax', "compile_error", "compile-python-syntax"),
+    ('  File "app.py", line 3\nSyntaxError: invalid syntax', "compile_error", "compile-syntax"),
     (
         "/__w/p/p/torch/csrc/x.cpp:128:26: error: no matching function for call to 'f'",
         "compile_error",
@@ -262,6 +262,15 @@ CASES = [
     ("FAILED CONSISTENTLY: test/dynamo/test_x.py::Tests::test_y", "test_failure", "test-pytest"),
     ("REGRESSION: benchmark ('add_loop', 'instruction_count') failed", "test_failure", "test-benchmark-regression"),
     ("AssertionError: Tensor-likes are not close!", "test_failure", "test-assertion"),
+    ("Failed asserting that two strings are equal.", "test_failure", "test-assertion"),
+    ("Testing app.SUITE: *** FAILED test case 2 of 4 ***", "test_failure", "test-other-runner"),
+    ("Error: Cannot find module 'fast-deep-equal'", "dependency", "dependency-node"),
+    ("make: *** No rule to make target `travis'.  Stop.", "configuration", "config-missing-build-target"),
+    (
+        "xcodebuild: error: Unable to find a destination matching the provided destination specifier",
+        "unknown",
+        "fallback",
+    ),
     # configuration and git state
     ("##[error]Input required and not supplied: token", "configuration", "config-missing-input"),
     ("KeyError: 'DATABASE_URL'", "configuration", "config-missing-input"),
@@ -283,7 +292,7 @@ CASES = [
         "infra-artifact",
     ),
     ("##[error]fatal: couldn't find remote ref refs/tags/ciflow/b200/190903", "infrastructure", "infra-git"),
-    ("RuntimeError: Failed to get git diff information", "test_failure", "python-uncaught-exception"),
+    ("RuntimeError: Failed to get git diff information", "test_failure", "uncaught-exception"),
     ("subprocess.TimeoutExpired: Command 'git diff' timed out after 60 seconds", "timeout", "timeout-generic"),
 ]
 
@@ -362,6 +371,11 @@ def test_key_is_free_of_volatile_noise() -> None:
     second = one("FAILED tests/test_io.py::test_read[/tmp/pytest-of-b/pytest-9/x1] - OSError: 23")
     assert first.key == second.key == "test:tests/test_io.py::test_read[<tmp>]"
     assert one("FAILED tests/test_io.py::test_write").key != first.key
+
+
+def test_key_without_captured_names_is_the_rule_id() -> None:
+    assert one("Failures:").key == "test-ruby-elixir"
+    assert one("rspec ./spec/a_spec.rb:4 # A works").key == "test:./spec/a_spec.rb:A works"
 
 
 def test_key_differs_by_failing_test_and_by_file() -> None:

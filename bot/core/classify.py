@@ -26,8 +26,9 @@ MAX_SUMMARY_VALUE_CHARS = 200
 SUMMARY_EXTRA_FIELDS = frozenset({"line"})
 # Runner annotations that echo or decorate rather than report: a pattern must not match them.
 _SKIPPED_MARKERS = frozenset({"group", "endgroup", "command", "section", "debug", "warning", "notice"})
-# Shell traces ("+ echo 'error: ...'") print the command, not its outcome.
-_SHELL_TRACE = re.compile(r"^\++ ")
+# Shell traces ("+ echo 'error: ...'") print the command, not its outcome, and compilers quote
+# source lines ("128 |   panic!(...)") that are code, not messages.
+_NOT_A_MESSAGE = re.compile(r"^\++ |^\s*\d+\s+\|\s")
 _ERROR_WORDS = re.compile(
     r"(?i)\b(?:error|failed|failure|fatal|exception|panic(?:ked)?|abort(?:ed)?|denied|refused"
     r"|cannot|can't|could not|unable to|not found|timed out|killed|segmentation fault)\b"
@@ -38,7 +39,10 @@ _WRAPPER_LINES = re.compile(
     r"|\[OSDC\] Step script exited with code|Executing the custom container implementation failed"
     r"|Traceback \(most recent call last\)|The above exception was the direct cause"
     r"|During handling of the above exception|.*If your build fails, please take a look"
-    r"|note: This error originates from a subprocess|Error: The process '.*' failed with exit code)"
+    r"|note: This error originates from a subprocess|Error: The process '.*' failed with exit code"
+    r"|The command \".*\" exited with \d+|npm ERR! (?:errno|code ELIFECYCLE)|error Command failed with exit code"
+    r"|.*marked build as failure|\[ERROR\] (?:Re-run Maven|For more information about the errors|\[Help \d+\]"
+    r"|To see the full stack trace))"
 )
 _FORMATTER = string.Formatter()
 _COUNTED_REPEAT = re.compile(r"\{\d*(?:,\d*)?\}")
@@ -306,7 +310,7 @@ def _usable_lines(lines: Iterable[ClassifiableLine]) -> list[_Line]:
         if marker == "endgroup":
             in_run_group = False
             continue
-        if in_run_group or marker in _SKIPPED_MARKERS or _SHELL_TRACE.match(text) or not text.strip():
+        if in_run_group or marker in _SKIPPED_MARKERS or _NOT_A_MESSAGE.match(text) or not text.strip():
             continue
         usable.append(_Line(number, text, _error_score(text, marker)))
     return usable
@@ -331,8 +335,9 @@ def _build_key(rule: Rule, match: re.Match[str]) -> str:
     if not rule.key:
         return rule.id
     parts = {name: normalize(value) for name, value in _captures(match, MAX_KEY_PART_CHARS).items()}
-    key = normalize(_fill(rule.key, parts))
-    return key or rule.id
+    if _fields(rule.key) and not any(parts.get(name) for name in _fields(rule.key)):
+        return rule.id  # the line matched an alternative without names; "test::." groups nothing
+    return normalize(_fill(rule.key, parts)) or rule.id
 
 
 class _Text:

@@ -21,6 +21,8 @@ CONTEXT_BEFORE = 3
 EXIT_WINDOW = 40
 MAX_REGION_LINES = 120
 MAX_REGIONS = 48
+# Budget left after the scored regions is filled with this many lines before the last exit, newest first.
+FILL_LINES = 400
 # Of a run of lines that differ only in numbers, show this many.
 REPEAT_RUN_SHOWN = 3
 MAX_PASSING_SIGNATURES = 1_000_000
@@ -223,6 +225,8 @@ class Excerpter:
         self._job_order: dict[str, int] = {}
         self._in_key_block = False
         self._runner_exits: list[tuple[str, str]] = []
+        self._history: deque[LogLine] = deque(maxlen=FILL_LINES)
+        self._before_last_exit: list[LogLine] = []
 
     def feed(self, line: LogLine) -> None:
         self._total = line.number
@@ -235,6 +239,7 @@ class Excerpter:
             self._teardown = False
         if not text.strip():
             return
+        self._history.append(line)
         lower = text.lower()
         if "pass" in lower or "fail" in lower or " ok" in lower or "rerun" in lower:
             self._track_test_result(text)
@@ -335,6 +340,7 @@ class Excerpter:
         self._keep(region)
         if not verdict:
             self._last_exit = region
+            self._before_last_exit = [old for old in self._history if not is_noise(old.text)]
 
     def _keep(self, region: _Region) -> None:
         self._regions.append(region)
@@ -390,6 +396,13 @@ class Excerpter:
                 final_score=float("inf"),
             )
             self._regions.append(focus)
+        fill = self._before_last_exit if self._last_exit is not None else list(self._history)
+        if fill:
+            # Whatever budget the scored regions leave goes to the output just before the failure.
+            self._regions.append(
+                _Region(lines=fill, anchor=fill[-1].number, weight=0.0, kind="fill", job=fill[-1].job,
+                        step=fill[-1].step, signature="fill", focus_end=True, final_score=-1.0)
+            )
         return _pack(self._regions, self.budget, self._total, self._job_order)
 
 

@@ -409,10 +409,15 @@ def escape_command(text: str) -> str:
     return text.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
 
 
-def scrub(text: str, secrets: tuple[str, ...]) -> str:
+def mask(text: str, secrets: tuple[str, ...]) -> str:
     for secret in secrets:
         text = text.replace(secret, "***")
-    return " ".join(text.split())
+    return text
+
+
+def scrub(text: str, secrets: tuple[str, ...]) -> str:
+    """One masked line, fit for a workflow command."""
+    return " ".join(mask(text, secrets).split())
 
 
 def run(env: Mapping[str, str], say: Callable[[str], None] = print, clock: Callable[[], datetime] | None = None) -> int:
@@ -475,8 +480,11 @@ def act(inputs: ActionInputs, now: Callable[[], datetime], say: Callable[[str], 
 
 
 def publish(inputs: ActionInputs, outcome: Outcome) -> None:
-    append(inputs.summary_path, outcome.markdown.rstrip("\n") + "\n", "job summary")
-    append(inputs.output_path, format_outputs(outcome.outputs()), "outputs")
+    """Append the job summary and the outputs, with our own credentials masked should a log have echoed them."""
+    markdown = mask(outcome.markdown, inputs.secrets)
+    outputs = {name: mask(value, inputs.secrets) for name, value in outcome.outputs().items()}
+    append(inputs.summary_path, markdown.rstrip("\n") + "\n", "job summary")
+    append(inputs.output_path, format_outputs(outputs), "outputs")
 
 
 def _source(outcome: Outcome, inputs: ActionInputs) -> str:

@@ -16,8 +16,8 @@ RUN groupadd --gid 1001 mendbot \
 
 COPY pyproject.toml README.md app.py /opt/mendbot/
 COPY bot /opt/mendbot/bot
-# The runtime dependencies only; the dev extras (pytest, ruff, mypy) stay out of the image.
-RUN pip install /opt/mendbot && rm -rf /opt/mendbot/build /opt/mendbot/*.egg-info
+# The runtime dependencies and the PostgreSQL driver; the dev extras (pytest, ruff, mypy) stay out of the image.
+RUN pip install "/opt/mendbot[postgres]" && rm -rf /opt/mendbot/build /opt/mendbot/*.egg-info
 
 USER 1001:1001
 EXPOSE 8000

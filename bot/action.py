@@ -15,7 +15,7 @@ from typing import Any
 
 from pydantic import SecretStr
 
-from bot.adapters.github import GitHubError, InstallationClient, TokenAccess, WorkflowRun
+from bot.adapters.github import TOKEN_INSTALLATION_ID, GitHubError, InstallationClient, TokenAccess, WorkflowRun
 from bot.adapters.store import Store, StoreUnavailable
 from bot.core.excerpt import DEFAULT_BUDGET, Excerpter
 from bot.core.logs import LogError, read_log
@@ -71,7 +71,6 @@ class ActionInputs:
     anthropic_key: str | None = field(repr=False)
     comment: bool
     comment_author: str
-    event_name: str
     event: dict[str, Any] = field(repr=False)
     summary_path: Path | None
     output_path: Path | None
@@ -165,7 +164,6 @@ def read_inputs(env: Mapping[str, str]) -> ActionInputs:
         anthropic_key=input_value(env, "anthropic-api-key") or None,
         comment=parse_bool(env, "comment", default=False),
         comment_author=input_value(env, "comment-author") or ACTIONS_BOT,
-        event_name=event_name,
         event=event,
         summary_path=_file_path(env, "GITHUB_STEP_SUMMARY"),
         output_path=_file_path(env, "GITHUB_OUTPUT"),
@@ -299,7 +297,7 @@ def diagnose_run(
 def run_info(run: WorkflowRun, repository: str) -> RunInfo:
     return RunInfo(
         repository=repository,
-        installation_id=0,
+        installation_id=TOKEN_INSTALLATION_ID,
         run_id=run.id,
         attempt=run.run_attempt,
         workflow_id=run.workflow_id,
@@ -326,9 +324,7 @@ def _repo_config(client: InstallationClient, repository: str, say: Callable[[str
         return parse_repo_config(None)
 
 
-def pull_requests_of(
-    inputs: ActionInputs, client: InstallationClient, run: RunInfo
-) -> tuple[int, ...]:
+def pull_requests_of(inputs: ActionInputs, client: InstallationClient, run: RunInfo) -> tuple[int, ...]:
     """Open pull requests whose head is the run's commit: the ones a comment about this run belongs on."""
     candidates = list(run.pull_requests)
     pull = inputs.event.get("pull_request") or {}
@@ -338,12 +334,9 @@ def pull_requests_of(
         # GitHub lists no pull requests on runs from forks; look them up by the head branch.
         found = client.pull_requests_for_branch(run.repository, run.head_owner, run.head_branch)
         return tuple(found_pull.number for found_pull in found if found_pull.head_sha == run.head_sha)
-    # A run can list pull requests of other repositories that share the branch; keep only our own.
-    return tuple(
-        number
-        for number in dict.fromkeys(candidates)
-        if client.get_pull_request(run.repository, number).head_sha == run.head_sha
-    )
+    # A run can list pull requests of other repositories that share the branch, or that moved on since.
+    pulls = [client.get_pull_request(run.repository, number) for number in dict.fromkeys(candidates)]
+    return tuple(found.number for found in pulls if found.state == "open" and found.head_sha == run.head_sha)
 
 
 def comment(

@@ -14,6 +14,7 @@ import httpx
 import pytest
 from prometheus_client import CollectorRegistry
 
+from bot import wiring
 from bot.adapters.anthropic import DEFAULT_MAX_TOKENS, DEFAULT_TIMEOUT, ClaudeDiagnoser, default_model
 from bot.adapters.store import DeliveryStatus, Store, migrate
 from bot.core import templates
@@ -24,7 +25,7 @@ from bot.policy import limits
 from bot.policy.limits import LimitsConfig, PriceTable
 from bot.settings import Settings, load_settings
 from bot.web import create_app
-from bot.wiring import Components, build_components, build_diagnoser, process_breaker
+from bot.wiring import Components, build_components, build_diagnoser
 from tests.app_support import (
     INSTALLATION,
     LOGS,
@@ -139,7 +140,7 @@ def test_model_settings_reach_the_model_diagnoser(store: Store, monkeypatch: pyt
     assert model.prices.for_model("claude-haiku-4-5").input == 1.0  # the built-in table is kept beneath
     # One breaker per process: what one delivery learns about the API, the next one knows.
     assert isinstance(second.inner, ModelDiagnoser)
-    assert model.breaker is second.inner.breaker is process_breaker()
+    assert model.breaker is second.inner.breaker is wiring.process_breaker()
     model.client.close()
     second.inner.client.close()  # type: ignore[attr-defined]
 

@@ -5,6 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEV_STAMP := $(VENV)/.installed-dev
 DEMO_LOG := tests/fixtures/logs/gha-gradle-test-failure.log
+DEMO_PASS_LOG := tests/fixtures/logs/gha-gradle-test-failure.pass.log
 
 .PHONY: demo test lint typecheck bench system-deps clean
 
@@ -20,11 +21,12 @@ $(DEV_STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/pip install -q -e '.[dev]'
 	touch $@ $(STAMP)
 
+# A real failed GitHub Actions log (a Gradle test failure), diffed against the same job's last green log.
 demo: $(STAMP)
-	$(BIN)/mendbot diagnose $(DEMO_LOG) --offline --format text
+	$(BIN)/mendbot diagnose $(DEMO_LOG) --pass-log $(DEMO_PASS_LOG) --offline --format text
 	@echo
 	@echo "---- the comment Mendbot would post ----"
-	$(BIN)/mendbot diagnose $(DEMO_LOG) --offline --format markdown
+	$(BIN)/mendbot diagnose $(DEMO_LOG) --pass-log $(DEMO_PASS_LOG) --offline --format markdown
 
 # Redis and PostgreSQL servers are real test dependencies; tests start their own instances.
 system-deps:

@@ -397,6 +397,8 @@ class Excerpter:
             )
             self._regions.append(focus)
         fill = self._before_last_exit if self._last_exit is not None else list(self._history)
+        if self.passing is not None:
+            fill = [line for line in fill if line.text not in self.passing]
         if fill:
             # Whatever budget the scored regions leave goes to the output just before the failure.
             self._regions.append(

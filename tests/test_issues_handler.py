@@ -379,3 +379,32 @@ def test_mendbots_own_issue_is_diagnosed_by_the_model_once(
     assert comment.startswith(templates.ISSUE_FROM_RUN.format(run_id=run["id"], run_url=run["html_url"]))
     assert "**Source:** model" in comment
     assert "repeats that diagnosis without a new model call" in comment
+
+
+def test_after_a_crash_between_posting_and_recording_the_comment_is_found_not_posted_again(
+    tmp_path: Path, github: FakeGitHubServer, claude: FakeAnthropic
+) -> None:
+    issue = github.add_issue(REPO, "test_add fails", PYTEST_LOG)
+    payload = labeled_payload(github, issue, "writer")
+    marker = templates.ISSUE_DIAGNOSIS_MARKER.format(delivery="crash-1")
+    settings = make_settings(tmp_path, github.api_url, anthropic_api_key=claude.api_key, anthropic_base_url=claude.url)
+    components = build_components(settings, registry=CollectorRegistry(), clock=lambda: NOW)
+    try:
+        client = components.github.client(INSTALLATION)
+        # Someone pasted the marker into a comment of their own: that proves nothing.
+        pasted = client.add_issue_comment(REPO, issue["number"], f"copied\n{marker}")
+        github.repo(REPO).comments[pasted.id]["user"] = copy.deepcopy(github.repo(REPO).comments[pasted.id]["user"])
+        github.repo(REPO).comments[pasted.id]["user"]["login"] = "octocat"
+        # The earlier attempt claimed the effect and posted, then died before recording the comment.
+        key = f"claude-ready:{REPO}#{issue['number']}:crash-1"
+        components.store.record_effect(key, kind="issue_diagnosis", repository=REPO, now=NOW, delivery_id="crash-1")
+        posted = client.add_issue_comment(REPO, issue["number"], f"the diagnosis\n{marker}")
+
+        assert on_labeled(Event("issues", "labeled", "crash-1", payload), components.services) is Outcome.IGNORED
+
+        effect = components.store.get_effect(key)
+        assert effect is not None and effect.target == str(posted.id)
+        assert len(comments_on(github, issue["number"])) == 2
+        assert claude.requests == []
+    finally:
+        components.close()

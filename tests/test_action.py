@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -13,7 +13,8 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
-from bot.action import INPUTS, OUTPUTS, format_outputs
+from bot.action import INPUTS, OUTPUTS, format_outputs, read_inputs
+from bot.action import run as action_main
 from bot.adapters.github import GitHubApp
 from bot.adapters.store import Store
 from bot.cli import app
@@ -56,10 +57,11 @@ class Actions:
 
     def run(
         self,
+        inputs: Mapping[str, str] | None = None,
+        *,
         event_name: str = "workflow_run",
         event: dict[str, Any] | None = None,
-        env: dict[str, str | None] | None = None,
-        **inputs: str,
+        env: Mapping[str, str | None] | None = None,
     ) -> Result:
         """Run the Action; `inputs` are the `with:` values by their action.yml names, `env` overrides variables."""
         summary, outputs, event_path = self.tmp / "summary.md", self.tmp / "output.txt", self.tmp / "event.json"
@@ -82,7 +84,7 @@ class Actions:
         )
         # The runner passes every declared input, defaults included, as INPUT_<NAME> with hyphens kept.
         variables.update({"INPUT_GITHUB-TOKEN": self.token, "INPUT_COMMENT": "false", "INPUT_FAIL-ON-ERROR": "false"})
-        variables.update({f"INPUT_{name.upper()}": value for name, value in inputs.items()})
+        variables.update({f"INPUT_{name.upper()}": value for name, value in (inputs or {}).items()})
         variables.update(env or {})
         result = runner.invoke(app, ["action"], env=variables)
         if result.exception is not None and not isinstance(result.exception, SystemExit):
@@ -165,7 +167,7 @@ def test_a_failed_run_becomes_the_job_summary_and_the_outputs(actions: Actions) 
 def test_every_entry_point_gives_the_same_diagnosis(actions: Actions, tmp_path: Path) -> None:
     run = actions.failed_run(GRADLE.read_bytes())
     from_action = actions.run(event=failure_payload(run))
-    from_log_path = actions.run(**{"log-path": str(GRADLE)})
+    from_log_path = actions.run({"log-path": str(GRADLE)})
     from_cli = cli_diagnosis(GRADLE)
 
     # The App's pipeline on the same run: the same fingerprint, which names the job and the workflow.
@@ -202,8 +204,8 @@ def test_the_current_run_is_the_default_and_its_pull_request_gets_one_sticky_com
     inputs = {"comment": "true", "comment-author": "mendbot[bot]"}
 
     current = {"GITHUB_RUN_ID": str(run["id"])}
-    first = actions.run("pull_request", event, current, **inputs)
-    second = actions.run("pull_request", event, current, **inputs)
+    first = actions.run(inputs, event_name="pull_request", event=event, env=current)
+    second = actions.run(inputs, event_name="pull_request", event=event, env=current)
 
     assert first.code == 0 and second.code == 0, first.stdout + second.stdout
     comments = list(actions.fake.repo(REPO).comments.values())
@@ -218,7 +220,7 @@ def test_a_pull_request_whose_head_moved_on_gets_no_comment(actions: Actions) ->
     actions.fake.add_pull(REPO, "feature", number=issue["number"])
     run = actions.failed_run(GRADLE.read_bytes(), event="pull_request", pulls=(issue["number"],))
 
-    result = actions.run(event=failure_payload(run), comment="true", **{"comment-author": "mendbot[bot]"})
+    result = actions.run({"comment": "true", "comment-author": "mendbot[bot]"}, event=failure_payload(run))
 
     assert result.code == 0, result.stdout
     assert result.output("category") == "test_failure"
@@ -233,7 +235,7 @@ def test_a_refused_comment_is_one_error_after_the_summary_is_written(actions: Ac
     )
     actions.fake.fail_next(r"/issues/\d+/comments$", 403, method="POST")
 
-    result = actions.run(event=failure_payload(run), comment="true", **{"fail-on-error": "true"})
+    result = actions.run({"comment": "true", "fail-on-error": "true"}, event=failure_payload(run))
 
     assert result.code == 1
     assert "testClassicParsing" in result.summary and result.output("category") == "test_failure"
@@ -244,7 +246,7 @@ def test_a_refused_comment_is_one_error_after_the_summary_is_written(actions: Ac
 def test_a_run_without_failed_jobs_says_so(actions: Actions) -> None:
     run = actions.fake.add_run(REPO, conclusion="success")
 
-    result = actions.run(**{"run-id": str(run["id"])})
+    result = actions.run({"run-id": str(run["id"])})
 
     assert result.code == 0
     assert "no failed jobs" in result.summary
@@ -274,7 +276,7 @@ def test_github_enterprise_server_is_reached_under_its_api_prefix(tmp_path: Path
 
 
 def test_log_path_needs_no_network(actions: Actions) -> None:
-    result = actions.run(**{"log-path": str(GRADLE), "github-token": ""})
+    result = actions.run({"log-path": str(GRADLE), "github-token": ""})
 
     assert result.code == 0, result.stdout
     assert "testClassicParsing" in result.summary
@@ -285,8 +287,8 @@ def test_log_path_needs_no_network(actions: Actions) -> None:
 def test_with_an_anthropic_key_the_model_diagnoses_and_the_key_stays_secret(actions: Actions) -> None:
     with FakeAnthropic() as claude:
         result = actions.run(
+            {"log-path": str(GRADLE), "anthropic-api-key": claude.api_key},
             env={"MENDBOT_ANTHROPIC_BASE_URL": claude.url},
-            **{"log-path": str(GRADLE), "anthropic-api-key": claude.api_key},
         )
         asked = len(claude.message_requests)
 
@@ -302,7 +304,7 @@ def test_with_an_anthropic_key_the_model_diagnoses_and_the_key_stays_secret(acti
 
 @pytest.mark.parametrize("fail_on_error", ["false", "true"])
 def test_a_missing_repository_is_one_clear_line(actions: Actions, fail_on_error: str) -> None:
-    result = actions.run(env={"GITHUB_REPOSITORY": None}, **{"fail-on-error": fail_on_error})
+    result = actions.run({"fail-on-error": fail_on_error}, env={"GITHUB_REPOSITORY": None})
 
     assert result.code == (1 if fail_on_error == "true" else 0)
     assert result.stdout.strip().splitlines() == [
@@ -317,7 +319,7 @@ def test_a_bad_token_is_one_clear_line_that_never_shows_the_token(actions: Actio
     run = actions.failed_run(GRADLE.read_bytes())
     bad = "ghs_" + "x" * 36 + ".not.a.token"
 
-    result = actions.run(event=failure_payload(run), **{"github-token": bad, "fail-on-error": "true"})
+    result = actions.run({"github-token": bad, "fail-on-error": "true"}, event=failure_payload(run))
 
     assert result.code == 1
     errors = [line for line in result.stdout.splitlines() if line.startswith("::error")]
@@ -353,7 +355,7 @@ def test_the_token_never_reaches_the_summary_outputs_or_logs_even_when_the_log_e
     ],
 )
 def test_bad_inputs_are_one_clear_line(actions: Actions, inputs: dict[str, str], message: str) -> None:
-    result = actions.run(**inputs)
+    result = actions.run(inputs)
 
     lines = result.stdout.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("::error title=Mendbot::") and message in lines[0]
@@ -368,8 +370,8 @@ def test_no_line_of_log_text_can_become_a_workflow_command(actions: Actions) -> 
     with FakeAnthropic() as claude:
         claude.script(anthropic.Scenario(tool_input=obedient))
         result = actions.run(
+            {"log-path": str(GRADLE), "anthropic-api-key": claude.api_key},
             env={"MENDBOT_ANTHROPIC_BASE_URL": claude.url},
-            **{"log-path": str(GRADLE), "anthropic-api-key": claude.api_key},
         )
 
     assert result.code == 0, result.stdout
@@ -383,7 +385,7 @@ def test_the_token_is_masked_even_where_no_secret_pattern_knows_its_shape(action
     leaky = actions.tmp / "leaky.log"
     leaky.write_text(f"Run ./deploy\nerror: the server refused credential {token}\nError: Process exited with 1\n")
 
-    result = actions.run(**{"log-path": str(leaky), "github-token": token})
+    result = actions.run({"log-path": str(leaky), "github-token": token})
 
     assert result.code == 0, result.stdout
     assert "the server refused credential ***" in result.summary
@@ -419,6 +421,30 @@ def test_action_yml_declares_exactly_what_the_action_reads_and_writes() -> None:
     assert action["inputs"]["github-token"]["default"] == "${{ github.token }}"
     assert str(action["inputs"]["fail-on-error"]["default"]) == "false"
     assert all(not spec.get("required", False) for spec in action["inputs"].values())
+
+
+class RecordingEnv(dict[str, str]):
+    """An environment that remembers which INPUT_* variables were looked up."""
+
+    def __init__(self, values: dict[str, str]) -> None:
+        super().__init__(values)
+        self.inputs: set[str] = set()
+
+    def get(self, key: str, default: Any = None) -> Any:
+        if key.startswith("INPUT_"):
+            self.inputs.add(key.removeprefix("INPUT_").lower().replace("_", "-"))
+        return super().get(key, default)
+
+
+def test_the_action_reads_exactly_the_inputs_action_yml_declares(tmp_path: Path) -> None:
+    run_mode = RecordingEnv({"GITHUB_REPOSITORY": REPO, "GITHUB_RUN_ID": "7", "INPUT_GITHUB-TOKEN": "t"})
+    log_mode = RecordingEnv({"INPUT_LOG-PATH": str(GRADLE), "GITHUB_STEP_SUMMARY": str(tmp_path / "s.md")})
+
+    read_inputs(run_mode)
+    assert action_main(log_mode, say=lambda _line: None) == 0
+
+    declared = set(load_yaml(REPO_ROOT / "action.yml")["inputs"])
+    assert run_mode.inputs | log_mode.inputs == declared == set(INPUTS)
 
 
 def dockerfile_instructions() -> list[tuple[str, str]]:

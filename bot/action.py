@@ -17,6 +17,7 @@ from pydantic import SecretStr
 
 from bot.adapters.github import TOKEN_INSTALLATION_ID, GitHubError, InstallationClient, TokenAccess, WorkflowRun
 from bot.adapters.store import Store, StoreUnavailable
+from bot.core import templates
 from bot.core.excerpt import DEFAULT_BUDGET, Excerpter
 from bot.core.logs import LogError, read_log
 from bot.core.models import Diagnosis
@@ -49,8 +50,6 @@ TRUE_WORDS = frozenset({"true", "True", "TRUE"})
 FALSE_WORDS = frozenset({"false", "False", "FALSE", ""})
 _REPOSITORY_RE = re.compile(r"[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+")
 
-NO_FAILED_JOBS = "## Mendbot\n\nRun {run_id} (attempt {attempt}) has no failed jobs to diagnose.\n"
-COMMENT_REFUSED = "could not comment on #{number}: {reason} (the job needs `permissions: pull-requests: write`)"
 
 
 class ActionError(Exception):
@@ -271,7 +270,7 @@ class RunDiagnosis:
 
     def outcome(self) -> Outcome:
         if self.report is None:
-            return Outcome(NO_FAILED_JOBS.format(run_id=self.run.run_id, attempt=self.run.attempt))
+            return Outcome(templates.ACTION_NO_FAILED_JOBS.format(run_id=self.run.run_id, attempt=self.run.attempt))
         return Outcome(self.report.markdown(), self.report.primary.result)
 
 
@@ -367,7 +366,7 @@ def comment(
         try:
             result = executor.run([step])[0]
         except GitHubError as exc:
-            raise ActionError(COMMENT_REFUSED.format(number=number, reason=exc)) from None
+            raise ActionError(templates.ACTION_COMMENT_REFUSED.format(number=number, reason=exc)) from None
         done.append(f"#{number} {result.action}")
     return tuple(done)
 

@@ -30,7 +30,7 @@ class OfflineDiagnoser:
 
     def diagnose(self, facts: FailureFacts, now: datetime) -> DiagnosisResult:
         rules = facts.rules if facts.rules is not None else self.rules
-        diagnosis = offline_diagnosis(facts.excerpt, rules, job=facts.job, workflow=facts.workflow)
+        diagnosis = offline_diagnosis(facts.excerpt, rules)
         return DiagnosisResult(diagnosis=diagnosis)
 
 

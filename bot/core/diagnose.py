@@ -18,13 +18,7 @@ FALLBACK_CONFIDENCE = 0.3
 CONFIG_FIXABLE = frozenset({Category.TIMEOUT, Category.NETWORK})
 
 
-def offline_diagnosis(
-    excerpt: Excerpt,
-    rules: Sequence[Rule] | None = None,
-    *,
-    job: str = "",
-    workflow: str = "",
-) -> Diagnosis:
+def offline_diagnosis(excerpt: Excerpt, rules: Sequence[Rule] | None = None) -> Diagnosis:
     """Diagnose from rules alone; every field is filled and the notes say it is rule-based."""
     active = default_rules() if rules is None else list(rules)
     lines = excerpt.lines
@@ -47,7 +41,9 @@ def offline_diagnosis(
         auto_fixable=fixable,
         fix_suggestion=templates.FIX_SUGGESTION.get(result.category) if fixable else None,
         evidence=evidence,
-        fingerprint=fingerprint(result.key, [line.text for line in lines], job=job, workflow=workflow),
+        # Only the failure's own content: the CLI, the Action and the App must agree on it, and one test
+        # failing in several matrix jobs is one failure.
+        fingerprint=fingerprint(result.key, [line.text for line in lines]),
         confidence=RULE_CONFIDENCE if matched else FALLBACK_CONFIDENCE,
         source="rules",
         notes=notes,

@@ -100,3 +100,9 @@ CONFIG_ISSUE_BODY: Final = (
 ISSUE_DIAGNOSIS_MARKER: Final = "<!-- mendbot:claude-ready={delivery} -->"
 ISSUE_FROM_RUN: Final = "Diagnosis of the failed jobs of [run {run_id}]({run_url}), which this issue links to."
 ISSUE_FROM_BODY: Final = "Diagnosis of the log text in this issue."
+
+# The Action's own messages.
+ACTION_NO_FAILED_JOBS: Final = "## Mendbot\n\nRun {run_id} (attempt {attempt}) has no failed jobs to diagnose.\n"
+ACTION_COMMENT_REFUSED: Final = (
+    "could not comment on #{number}: {reason} (the job needs `permissions: pull-requests: write`)"
+)

@@ -15,7 +15,7 @@ from typing import Any
 
 from pydantic import SecretStr
 
-from bot.adapters.github import TOKEN_INSTALLATION_ID, GitHubError, InstallationClient, TokenAccess, WorkflowRun
+from bot.adapters.github import TOKEN_INSTALLATION_ID, GitHubError, InstallationClient, TokenAccess
 from bot.adapters.store import Store, StoreUnavailable
 from bot.core import templates
 from bot.core.excerpt import DEFAULT_BUDGET, Excerpter
@@ -27,7 +27,7 @@ from bot.executor import Executor, KeyedLocks
 from bot.plan import Report, RunInfo, StickyComment
 from bot.policy.repo_config import CONFIG_PATH, LoadedConfig, parse_repo_config
 from bot.ports import Diagnoser, DiagnosisResult, FailureFacts
-from bot.services import PULL_REQUEST_EVENTS, Options, Services
+from bot.services import PULL_REQUEST_EVENTS, Options, Services, run_info_from_api
 from bot.settings import SettingsError, load_settings
 
 # The inputs action.yml declares; the runner passes each as INPUT_<NAME> with the name upper-cased.
@@ -285,33 +285,12 @@ def diagnose_run(
     """Run mode: the App's own pipeline (Services.diagnose_run) over the run's failed jobs."""
     assert inputs.run_id is not None
     client = github.client()
-    run = run_info(client.get_run(inputs.repository, inputs.run_id), inputs.repository)
+    run = run_info_from_api(client.get_run(inputs.repository, inputs.run_id), inputs.repository, TOKEN_INSTALLATION_ID)
     say(f"mendbot: diagnosing run {run.run_id} attempt {run.attempt} of {run.repository}")
     loaded = _repo_config(client, run.repository, say)
     options = Options(bot_login=inputs.comment_author, excerpt_budget=inputs.budget)
     services = Services(store, github, diagnoser, options, clock)
     return RunDiagnosis(run, services.diagnose_run(client, run, loaded), loaded)
-
-
-def run_info(run: WorkflowRun, repository: str) -> RunInfo:
-    return RunInfo(
-        repository=repository,
-        installation_id=TOKEN_INSTALLATION_ID,
-        run_id=run.id,
-        attempt=run.run_attempt,
-        workflow_id=run.workflow_id,
-        workflow_name=run.name,
-        workflow_path="",
-        head_branch=run.head_branch,
-        head_sha=run.head_sha,
-        event=run.event,
-        conclusion=run.conclusion,
-        html_url=run.html_url,
-        default_branch="",
-        actor=run.actor,
-        head_repository=run.head_repository,
-        pull_requests=run.pull_requests,
-    )
 
 
 def _repo_config(client: InstallationClient, repository: str, say: Callable[[str], None]) -> LoadedConfig:

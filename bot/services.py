@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
 from typing import Protocol
 
-from bot.adapters.github import GitHubError, InstallationClient, Job, LogDownload
+from bot.adapters.github import GitHubError, InstallationClient, Job, LogDownload, WorkflowRun
 from bot.adapters.store import Store
 from bot.core import templates
 from bot.core.excerpt import DEFAULT_BUDGET, Excerpter, PassingIndex
@@ -53,6 +53,30 @@ MAX_ANNOTATIONS = 20
 ISSUE_EVENTS = frozenset({"push", "schedule", "workflow_dispatch", "repository_dispatch", "merge_group"})
 PULL_REQUEST_EVENTS = frozenset({"pull_request", "pull_request_target"})
 
+
+
+def run_info_from_api(
+    run: WorkflowRun, repository: str, installation_id: int, *, default_branch: str = "", attempt: int | None = None
+) -> RunInfo:
+    """RunInfo for a run read over the API rather than from a webhook payload (the Action, issue links)."""
+    return RunInfo(
+        repository=repository,
+        installation_id=installation_id,
+        run_id=run.id,
+        attempt=attempt or run.run_attempt,
+        workflow_id=run.workflow_id,
+        workflow_name=run.name,
+        workflow_path="",
+        head_branch=run.head_branch,
+        head_sha=run.head_sha,
+        event=run.event,
+        conclusion=run.conclusion,
+        html_url=run.html_url,
+        default_branch=default_branch,
+        actor=run.actor,
+        head_repository=run.head_repository,
+        pull_requests=run.pull_requests,
+    )
 
 class GitHubClients(Protocol):
     def client(self, installation_id: int) -> InstallationClient: ...

@@ -15,12 +15,12 @@ from bot.core.logs import lines_from_text
 from bot.core.prompt import sanitize_untrusted
 from bot.core.render import render_markdown
 from bot.events import Event
-from bot.plan import Report, RunInfo
+from bot.plan import Report
 from bot.policy.gates import Decision, RateGate
 from bot.policy.repo_config import CONFIG_PATH, LoadedConfig, parse_repo_config
 from bot.ports import FailureFacts
 from bot.routing import Outcome, Router
-from bot.services import Services
+from bot.services import Services, run_info_from_api
 
 log = logging.getLogger(__name__)
 
@@ -203,22 +203,8 @@ def _run_report(
     run_id, attempt = link
     try:
         run = client.get_run(issue.repository, run_id)
-        info = RunInfo(
-            repository=issue.repository,
-            installation_id=issue.installation_id,
-            run_id=run.id,
-            attempt=attempt or run.run_attempt,
-            workflow_id=run.workflow_id,
-            workflow_name=run.name,
-            workflow_path="",
-            head_branch=run.head_branch,
-            head_sha=run.head_sha,
-            event=run.event,
-            conclusion=run.conclusion,
-            html_url=run.html_url,
-            default_branch=issue.default_branch,
-            actor=run.actor,
-            head_repository=run.head_repository,
+        info = run_info_from_api(
+            run, issue.repository, issue.installation_id, default_branch=issue.default_branch, attempt=attempt
         )
         return services.diagnose_run(client, info, loaded)
     except GitHubError as exc:

@@ -54,7 +54,6 @@ ISSUE_EVENTS = frozenset({"push", "schedule", "workflow_dispatch", "repository_d
 PULL_REQUEST_EVENTS = frozenset({"pull_request", "pull_request_target"})
 
 
-
 def run_info_from_api(
     run: WorkflowRun, repository: str, installation_id: int, *, default_branch: str = "", attempt: int | None = None
 ) -> RunInfo:

@@ -106,34 +106,29 @@ class Report:
     def log_urls(self) -> dict[str, str]:
         return {job.job: job.job_url for job in self.jobs if job.job_url}
 
-    def markdown(self, job: JobDiagnosis | None = None, previous: str | None = None) -> str:
+    def markdown(self, job: JobDiagnosis | None = None, previous: str | None = None, trailer: str = "") -> str:
         """The diagnosis of one job (the primary by default), with the other failed jobs listed after it."""
         chosen = job or self.primary
-        body = render_markdown(
+        others = [
+            templates.OTHER_JOB_LINE.format(job=neutralize(other.job), line=neutralize(one_line(other.diagnosis)))
+            for other in self.jobs
+            if other is not chosen
+        ]
+        notes = [f"> {neutralize(note)}" for note in self.notes]
+        extra = [templates.OTHER_JOBS_HEADING, *others] if others else []
+        extra += [""] if others and notes else []
+        extra += notes
+        # render_markdown puts these before the footer, so the fingerprint marker stays last, and counts
+        # them against GitHub's size limit.
+        return render_markdown(
             chosen.diagnosis,
             chosen.excerpt,
             log_urls=self.log_urls(),
             usage=chosen.result.usage_for_footer(),
             previous=previous,
+            extra=extra,
+            trailer=trailer,
         )
-        others = [
-            templates.OTHER_JOB_LINE.format(
-                job=neutralize(other.job), line=neutralize(one_line(other.diagnosis))
-            )
-            for other in self.jobs
-            if other is not chosen
-        ]
-        notes = [f"> {neutralize(note)}" for note in self.notes]
-        extra = ([templates.OTHER_JOBS_HEADING, *others] if others else []) + (
-            [""] if others and notes else []
-        )
-        extra += notes
-        if not extra:
-            return body
-        # Before the footer, so the fingerprint marker stays last: it is how Mendbot finds its body again.
-        lines = body.split("\n")
-        footer = max(index for index, line in enumerate(lines) if line.startswith("<sub>"))
-        return "\n".join([*lines[:footer], *extra, "", *lines[footer:]])
 
 
 def rank_jobs(jobs: Sequence[JobDiagnosis]) -> tuple[JobDiagnosis, ...]:
@@ -166,7 +161,7 @@ class StickyComment:
         """The new body; an earlier body with a different fingerprint is kept below, collapsed."""
         stale = previous if previous and find_fingerprint(previous) != self.fingerprint else None
         stale = stale.replace(self.marker, "") if stale else None
-        return self.report.markdown(previous=stale) + "\n" + self.marker
+        return self.report.markdown(previous=stale, trailer=self.marker)
 
     @property
     def fingerprint(self) -> str:

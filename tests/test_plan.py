@@ -8,7 +8,7 @@ from typing import Any
 
 from bot.core import templates
 from bot.core.models import Diagnosis, Excerpt, ExcerptBlock, ExcerptLine, Severity
-from bot.core.render import find_fingerprint, marker
+from bot.core.render import MAX_BODY_CHARS, find_fingerprint, marker
 from bot.plan import (
     CheckRunStep,
     ConfigProblemIssue,
@@ -253,3 +253,17 @@ def test_plans_do_not_share_their_refusals() -> None:
     first, second = Plan([]), Plan([])
     first.refused.append("comment refused: the run is from a fork")
     assert second.refused == []
+
+
+def test_a_huge_report_with_other_jobs_and_a_sticky_marker_stays_within_githubs_limit() -> None:
+    lines = [ExcerptLine(number=n, text=f"E   assertion {n} failed " + "x" * 200) for n in range(1, 400)]
+    huge = Excerpt(blocks=[ExcerptBlock(job="build", step="test", lines=lines)], budget=100_000)
+    primary = JobDiagnosis("build", "", huge, BUILD.result)
+    notes = ("1 more failed job(s) were not diagnosed: e2e.",)
+    report = Report(RUN, (primary, LINT, diagnosed("docs", Severity.LOW, "fp-docs")), notes=notes)
+    sticky = StickyComment(REPO, 7, 42, report)
+    body = sticky.body(None)
+    assert len(report.markdown()) <= MAX_BODY_CHARS
+    assert len(body) <= MAX_BODY_CHARS
+    assert body.rstrip().endswith(sticky.marker)
+    assert find_fingerprint(body) == primary.diagnosis.fingerprint

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from bot.core import templates
@@ -89,11 +89,14 @@ def render_markdown(
     log_urls: Mapping[str, str] | None = None,
     usage: Mapping[str, Any] | None = None,
     previous: str | None = None,
+    extra: Sequence[str] = (),
+    trailer: str = "",
 ) -> str:
     """The issue or PR comment body: summary, evidence, collapsible excerpt, recommendations, marker.
 
     `log_urls` maps a job name ("" for a single log) to its log page, so evidence lines link there.
-    `previous` is an outdated diagnosis body, kept collapsed under the new one.
+    `previous` is an outdated diagnosis body, kept collapsed under the new one. `extra` lines go just
+    before the footer and `trailer` after the marker; the size cap counts both.
     """
     icon = templates.SEVERITY_ICON.get(str(diagnosis.severity), "❌")
     head = [
@@ -120,7 +123,9 @@ def render_markdown(
         advice += ["", f"**Config fix:** {neutralize(diagnosis.fix_suggestion)}"]
     notes = ["", *(f"> {neutralize(note)}" for note in diagnosis.notes)] if diagnosis.notes else []
     tail = ["", f"<sub>{footer(diagnosis, usage)}</sub>", marker(diagnosis.fingerprint)]
+    tail += [trailer] if trailer else []
     older = _outdated(previous)
+    added = ["", *extra] if extra else []
 
     def assemble(listing: str) -> str:
         details = (
@@ -135,7 +140,7 @@ def render_markdown(
             if listing
             else []
         )
-        return "\n".join([*head, *evidence, *details, *advice, *notes, *older, *tail])
+        return "\n".join([*head, *evidence, *details, *advice, *notes, *older, *added, *tail])
 
     listing = excerpt_listing(excerpt)
     body = assemble(listing)

@@ -495,3 +495,38 @@ def test_several_failed_jobs_lead_with_the_most_severe(world: World) -> None:
     [check] = world.check_runs
     [annotation] = world.fake.annotations(REPO, check["id"])
     assert (annotation["path"], annotation["start_line"]) == ("src/main.c", 10)
+
+
+def test_annotations_only_point_inside_the_repository_and_at_lines_that_exist() -> None:
+    from bot.core.models import Diagnosis, Excerpt
+    from bot.plan import JobDiagnosis, Report
+    from bot.ports import DiagnosisResult
+    from bot.services import check_annotations
+
+    def evidence(file: str, line: int) -> dict[str, object]:
+        return {"line": 3, "text": f"{file}:{line}: boom", "file": file, "file_line": line}
+
+    diagnosis = Diagnosis.model_validate(
+        {
+            "severity": "high", "category": "test_failure", "root_cause": "boom", "impact": "red",
+            "recommendations": [], "auto_fixable": False, "fingerprint": "f" * 16, "confidence": 0.5,
+            "source": "rules",
+            "evidence": [
+                evidence("src/app.py", 2),           # inside, and the file has that line
+                evidence("src/app.py", 99),          # past the end of the file
+                evidence("../../etc/passwd", 1),     # traversal
+                evidence("/etc/passwd", 1),          # absolute
+                evidence(".git/config", 1),          # git internals
+                evidence("src/missing.py", 1),       # never fetched
+            ],
+        }
+    )
+    fetched = {"src/app.py": "a\nb\nc\n", "../../etc/passwd": "x\n", ".git/config": "x\n"}
+    job = JobDiagnosis("test", "", Excerpt(blocks=[], budget=4096), DiagnosisResult(diagnosis), fetched_files=fetched)
+    run = RunInfo(
+        repository=REPO, installation_id=INSTALLATION, run_id=1, attempt=1, workflow_id=2, workflow_name="CI",
+        workflow_path="", head_branch="main", head_sha="a" * 40, event="push", conclusion="failure",
+        html_url="", default_branch="main",
+    )
+    annotations = check_annotations(Report(run, (job,)))
+    assert [(a.path, a.line) for a in annotations] == [("src/app.py", 2)]

@@ -141,6 +141,8 @@ def diagnose(
         raise fail(str(exc)) from None
     if not excerpt.lines:
         raise fail(f"{path}: the log is empty; there is nothing to diagnose", code=1)
+    if excerpter.looks_binary:
+        raise fail(f"{path}: this is not a text log (most of it is not valid UTF-8); nothing was diagnosed")
     result = _diagnose_excerpt(excerpt, offline)
     diagnosis = result.diagnosis
     if output is OutputFormat.JSON:

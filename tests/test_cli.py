@@ -90,3 +90,18 @@ def test_eval_prints_ours_beside_the_baseline() -> None:
     assert result.exit_code == 0, result.output
     assert "mendbot" in result.stdout and "last 4096 bytes" in result.stdout
     assert "category accuracy" in result.stdout
+
+
+def test_binary_input_is_refused_with_a_clear_error(tmp_path: Path) -> None:
+    garbage = tmp_path / "core.bin"
+    garbage.write_bytes(bytes(range(128, 256)) * 2000)
+    result = runner.invoke(app, ["diagnose", str(garbage), "--offline"])
+    assert result.exit_code == 2
+    assert "not a text log" in result.output and "Traceback" not in result.output
+
+
+def test_a_log_with_a_few_bad_bytes_is_still_diagnosed(tmp_path: Path) -> None:
+    log = tmp_path / "job.log"
+    log.write_bytes(LOG.read_bytes().replace(b"FAILED", b"FAILED \xff", 1))
+    result = runner.invoke(app, ["diagnose", str(log), "--offline"])
+    assert result.exit_code == 0, result.output

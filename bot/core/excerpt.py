@@ -21,6 +21,8 @@ CONTEXT_BEFORE = 3
 EXIT_WINDOW = 40
 MAX_REGION_LINES = 120
 MAX_REGIONS = 48
+# Past this share of undecodable characters the input is not a text log.
+BINARY_SHARE = 0.2
 # Budget left after the scored regions is filled with this many lines before the last exit, newest first.
 FILL_LINES = 400
 # Of a run of lines that differ only in numbers, show this many.
@@ -226,10 +228,19 @@ class Excerpter:
         self._in_key_block = False
         self._runner_exits: list[tuple[str, str]] = []
         self._history: deque[LogLine] = deque(maxlen=FILL_LINES)
+        self._characters = 0
+        self._undecodable = 0
         self._before_last_exit: list[LogLine] = []
+
+    @property
+    def looks_binary(self) -> bool:
+        """True when much of what was read did not decode as text: an archive or binary, not a log."""
+        return self._undecodable > BINARY_SHARE * max(self._characters, 1)
 
     def feed(self, line: LogLine) -> None:
         self._total = line.number
+        self._characters += len(line.text)
+        self._undecodable += line.text.count("\ufffd")
         self._job_order.setdefault(line.job, len(self._job_order))
         line = self._hide_key_block(line)
         text = line.text

@@ -201,3 +201,12 @@ def test_dataset_recall_beats_the_last_bytes_baseline(dataset_dir: Path, budget:
     # Measured 0.77 against 0.62 on this sample; a drop below these floors is a regression.
     assert report.ours.recall >= report.baseline.recall + 0.08
     assert report.ours.hit >= 0.8
+
+
+def test_a_harness_verdict_outranks_ordinary_error_lines_anywhere_in_a_long_log() -> None:
+    warning = "INFO - WARNING: NS_ENSURE_SUCCESS(rv, rv) failed with result"
+    noise = [f"12:00:{i % 60:02d}     {warning} 0x{i:x}" for i in range(3000)]
+    lines = [*noise[:100], "12:01:00     INFO - TEST-UNEXPECTED-FAIL | layout/a.html == b.html | image comparison",
+             *noise[100:], "12:09:00    ERROR - Return code: 1"]
+    excerpt = excerpt_lines(lines_from_text("\n".join(lines)), 600)
+    assert "TEST-UNEXPECTED-FAIL" in texts(excerpt)

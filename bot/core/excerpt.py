@@ -50,6 +50,11 @@ _STRONG_PHRASES = (
     "could not", "can't find", "cannot find", "cannot open", "not found", "compilation failed",
     "exception:", "exception in", "assertion failed", "✗", "✕", "✖", "×",
 )
+# A test harness's own verdict on a test or a process outranks every other error line.
+_HARNESS_VERDICTS = (
+    "test-unexpected-", "process-crash", "[taskcluster:error]", "--- fail:", "assertion failure:",
+    "addresssanitizer:", "panicked at", "segmentation fault",
+)
 # A phrase can only be present when its longest word is: check that cheap set before the phrases.
 _PHRASE_TRIGGERS = frozenset(
     max(_WORD_RE.findall(phrase), key=len) for phrase in _STRONG_PHRASES if _WORD_RE.findall(phrase)
@@ -145,6 +150,8 @@ def line_score(text: str) -> float:
         score = 4.0
     if score and (words & _DECOY_WORDS or any(phrase in lower for phrase in _DECOY_PHRASES)):
         score *= 0.25
+    if score and any(verdict in lower for verdict in _HARNESS_VERDICTS):
+        return 6.0
     level = _LEVEL.match(probe)
     if level:
         # A logger's own level outranks the words in its message.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import itertools
 import random
 import zipfile
 from pathlib import Path
@@ -204,9 +205,10 @@ def test_dataset_recall_beats_the_last_bytes_baseline(dataset_dir: Path, budget:
 
 
 def test_a_harness_verdict_outranks_ordinary_error_lines_anywhere_in_a_long_log() -> None:
-    warning = "INFO - WARNING: NS_ENSURE_SUCCESS(rv, rv) failed with result"
-    noise = [f"12:00:{i % 60:02d}     {warning} 0x{i:x}" for i in range(3000)]
-    lines = [*noise[:100], "12:01:00     INFO - TEST-UNEXPECTED-FAIL | layout/a.html == b.html | image comparison",
-             *noise[100:], "12:09:00    ERROR - Return code: 1"]
+    names = ["".join(letters) for letters in itertools.product("abcdefgh", repeat=3)]
+    late_errors = [f"12:09:00    ERROR - cleanup of {name} failed: resource busy" for name in names[:300]]
+    filler = [f"12:00:00     INFO - loading module {name}" for name in names[:400]]
+    lines = [*filler, "12:01:00     INFO - TEST-UNEXPECTED-FAIL | layout/a.html == b.html | image comparison",
+             *filler, *late_errors]
     excerpt = excerpt_lines(lines_from_text("\n".join(lines)), 600)
     assert "TEST-UNEXPECTED-FAIL" in texts(excerpt)

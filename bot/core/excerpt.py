@@ -51,6 +51,8 @@ _STRONG_PHRASES = (
     "exception:", "exception in", "assertion failed", "✗", "✕", "✖", "×",
 )
 # A test harness's own verdict on a test or a process outranks every other error line.
+VERDICT_SCORE = 6.0
+VERDICT_PRIORITY = 1000.0
 _HARNESS_VERDICTS = (
     "test-unexpected-", "process-crash", "[taskcluster:error]", "--- fail:", "assertion failure:",
     "addresssanitizer:", "panicked at", "segmentation fault",
@@ -151,7 +153,7 @@ def line_score(text: str) -> float:
     if score and (words & _DECOY_WORDS or any(phrase in lower for phrase in _DECOY_PHRASES)):
         score *= 0.25
     if score and any(verdict in lower for verdict in _HARNESS_VERDICTS):
-        return 6.0
+        return VERDICT_SCORE
     level = _LEVEL.match(probe)
     if level:
         # A logger's own level outranks the words in its message.
@@ -210,6 +212,7 @@ class _Region:
     recovered: bool = False
     focus_end: bool = False
     rank_in_segment: int = 0
+    verdict: bool = False
     open_until: int = 0
     final_score: float = field(default=0.0)
 
@@ -280,6 +283,7 @@ class Excerpter:
             and len(region.lines) < MAX_REGION_LINES
         ):
             region.lines.append(line)
+            region.verdict = region.verdict or score >= VERDICT_SCORE
             if score >= 2.0:
                 loose = loose_signature(text)
                 if loose not in region.seen:
@@ -323,6 +327,7 @@ class Excerpter:
             signature=key,
             open_until=line.number + 2,
             rank_in_segment=self._segment_regions,
+            verdict=score >= VERDICT_SCORE,
         )
         self._segment_regions += 1
         self._open = region
@@ -396,6 +401,9 @@ class Excerpter:
                 score *= 0.4
             if region.rank_in_segment:
                 score *= 0.85
+            if region.verdict and not region.recovered:
+                # Lexically first: a harness saying a test failed beats any amount of other noise.
+                score += VERDICT_PRIORITY
             if region.recovered:
                 score *= 0.2
             score *= 1 + 0.1 * math.log1p(region.repeats - 1)

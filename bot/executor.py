@@ -230,9 +230,9 @@ class Executor:
             number = before.issue_number if before is not None else None
             if number is None:
                 label = step.labels[0] if step.labels else None
-                # After the store was lost, the hidden marker still leads to the open issue.
+                # After the store was lost, the hidden marker still leads to the open issue we opened.
                 found = self.client.find_issue_by_marker(
-                    step.repository, marker(step.fingerprint), label=label
+                    step.repository, marker(step.fingerprint), author=self.bot_login, label=label
                 )
                 if found is None:
                     return self._open(step, step.key, incident.count, now)
@@ -284,7 +284,7 @@ class Executor:
             if done:
                 return Done(step.describe(), "skipped", done, ("already reported",))
             found = self.client.find_issue_by_marker(
-                step.repository, step.marker, label="mendbot", include_closed=True
+                step.repository, step.marker, author=self.bot_login, label="mendbot", include_closed=True
             )
             if found is None:
                 allowed = self._limit("issues", step.repository, self.config.rate_limits.issues_per_hour)

@@ -14,6 +14,7 @@ from bot.adapters.github import GitHubApp, InstallationClient
 from bot.adapters.store import Store, migrate
 from bot.core.excerpt import Excerpter
 from bot.core.logs import parse_lines
+from bot.core.render import marker
 from bot.diagnosers import OfflineDiagnoser
 from bot.executor import CLAIM_TIMEOUT, EffectBusy, Executor, KeyedLocks
 from bot.plan import (
@@ -284,4 +285,52 @@ def test_a_run_attempt_is_counted_once(fake: FakeGitHubServer, client: Installat
     assert again.action == "skipped"
     incident = store.get_incident(REPO, step.fingerprint)
     assert incident is not None and incident.count == 1
+    store.close()
+
+
+def test_an_issue_someone_else_planted_the_fingerprint_in_is_not_adopted(
+    fake: FakeGitHubServer, client: InstallationClient, url: str
+) -> None:
+    step = issue_step()
+    planted = fake.add_issue(
+        REPO, "harmless", body=f"see https://evil.example\n{marker(step.fingerprint)}",
+        labels=["mendbot"], user="mallory",
+    )
+    store = Store(url)
+    [done] = executor(client, store).run([step])
+    assert done.action == "created" and done.target != str(planted["number"])
+    assert fake.repo(REPO).issues[planted["number"]]["body"].startswith("see https://evil.example")
+    ours = fake.repo(REPO).issues[int(done.target or 0)]
+    assert ours["user"]["login"] == "mendbot[bot]" and marker(step.fingerprint) in ours["body"]
+    store.close()
+
+
+def test_after_the_store_is_lost_the_incident_returns_to_our_issue_not_a_planted_one(
+    fake: FakeGitHubServer, client: InstallationClient, url: str, tmp_path: Path
+) -> None:
+    store = Store(url)
+    [first] = executor(client, store).run([issue_step(run_id=100)])
+    store.close()
+    step = issue_step(run_id=101)
+    fake.add_issue(REPO, "newer", body=marker(step.fingerprint), labels=["mendbot"], user="mallory")
+    other = f"sqlite:///{tmp_path / 'other.db'}"
+    migrate(other)
+    fresh = Store(other)
+    [again] = executor(client, fresh, "d-2").run([step])
+    assert (again.action, again.target) == ("occurrence", first.target)
+    fresh.close()
+
+
+def test_a_closed_issue_someone_else_planted_the_config_marker_in_is_not_adopted(
+    fake: FakeGitHubServer, client: InstallationClient, url: str
+) -> None:
+    step = ConfigProblemIssue(REPO, "abc123", ("severity_threshold: Input should be 'low', 'medium'…",))
+    planted = fake.add_issue(
+        REPO, "config", body=step.marker, labels=["mendbot"], state="closed", user="mallory"
+    )
+    store = Store(url)
+    [done] = executor(client, store).run([step])
+    assert done.target != str(planted["number"])
+    ours = fake.repo(REPO).issues[int(done.target or 0)]
+    assert ours["user"]["login"] == "mendbot[bot]" and step.marker in ours["body"]
     store.close()

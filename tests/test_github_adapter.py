@@ -27,6 +27,7 @@ from bot.adapters.github import (
 from tests.fakes.github_server import SECONDARY_RATE_LIMIT_MESSAGE, FakeGitHubServer
 
 APP_ID = "4242"
+BOT = "mendbot[bot]"
 REPO = "octo-org/octo-repo"
 INSTALLATION = 7
 
@@ -406,6 +407,24 @@ def test_last_successful_run_on_the_branch_before_the_failure(
     assert client.last_successful_run(REPO, good["workflow_id"], "main", before_run_id=good["id"]) is None
 
 
+def test_a_fork_run_on_a_branch_of_the_same_name_is_not_the_last_green_run(
+    server: FakeGitHubServer, client: InstallationClient, clock: FakeClock
+) -> None:
+    good = server.add_run(REPO, conclusion="success", created_at=clock() - 300)
+    fork = server.add_run(
+        REPO,
+        conclusion="success",
+        event="pull_request",
+        head_repository="mallory/octo-repo",
+        created_at=clock() - 200,
+    )
+    failed = server.add_run(REPO, conclusion="failure", created_at=clock() - 100)
+    assert fork["head_branch"] == "main" and fork["id"] > good["id"]
+    found = client.last_successful_run(REPO, good["workflow_id"], "main", before_run_id=failed["id"])
+    assert found is not None and found.id == good["id"]
+    assert found.head_repository == REPO
+
+
 def test_download_job_log_follows_the_redirect_without_the_token(
     server: FakeGitHubServer, client: InstallationClient
 ) -> None:
@@ -537,25 +556,46 @@ def test_recent_commits_have_subjects_and_files(server: FakeGitHubServer, client
 
 def test_find_issue_by_hidden_marker(server: FakeGitHubServer, client: InstallationClient) -> None:
     marker = "<!-- mendbot:fingerprint:3f2a9c -->"
-    server.add_issue(REPO, "unrelated", body="mendbot fingerprint 3f2a9c mentioned in prose")
-    server.add_issue(REPO, "old", body=f"done\n{marker}", state="closed")
-    target = server.add_issue(REPO, "CI: pytest fails", body=f"Diagnosis\n{marker}", labels=["mendbot"])
-    found = client.find_issue_by_marker(REPO, marker)
+    server.add_issue(REPO, "unrelated", body="mendbot fingerprint 3f2a9c mentioned in prose", user=BOT)
+    server.add_issue(REPO, "old", body=f"done\n{marker}", state="closed", user=BOT)
+    target = server.add_issue(
+        REPO, "CI: pytest fails", body=f"Diagnosis\n{marker}", labels=["mendbot"], user=BOT
+    )
+    found = client.find_issue_by_marker(REPO, marker, author=BOT)
     assert found is not None and found.number == target["number"]
-    assert found.labels == ("mendbot",)
-    assert client.find_issue_by_marker(REPO, "<!-- mendbot:fingerprint:nothing -->") is None
+    assert found.labels == ("mendbot",) and found.author == BOT
+    assert client.find_issue_by_marker(REPO, "<!-- mendbot:fingerprint:nothing -->", author=BOT) is None
+    [search] = server.requests_to(r"^/search/issues$")[-1:]
+    assert "author:app/mendbot" in search.query["q"][0]
 
 
 def test_find_issue_scans_labelled_issues_when_search_lags(
     server: FakeGitHubServer, client: InstallationClient
 ) -> None:
     marker = "<!-- mendbot:fingerprint:fresh -->"
-    target = server.add_issue(REPO, "new", body=marker, labels=["mendbot"])
+    target = server.add_issue(REPO, "new", body=marker, labels=["mendbot"], user=BOT)
     empty = {"total_count": 0, "incomplete_results": False, "items": [], "search_type": "lexical"}
     server.fail_next(r"^/search/issues$", 200, body=empty, times=2)
-    assert client.find_issue_by_marker(REPO, marker) is None
-    found = client.find_issue_by_marker(REPO, marker, label="mendbot")
+    assert client.find_issue_by_marker(REPO, marker, author=BOT) is None
+    found = client.find_issue_by_marker(REPO, marker, author=BOT, label="mendbot")
     assert found is not None and found.number == target["number"]
+
+
+@pytest.mark.parametrize("search", ["exact", "ignores author", "lags"])
+def test_an_issue_someone_else_planted_the_marker_in_is_never_found(
+    server: FakeGitHubServer, client: InstallationClient, search: str
+) -> None:
+    marker = "<!-- mendbot:fingerprint:3f2a9c -->"
+    ours = server.add_issue(REPO, "CI: pytest fails", body=marker, labels=["mendbot"], user=BOT)
+    # Newer, so search and the labelled listing both meet them before ours.
+    lookalike = server.add_issue(REPO, "bot lookalike", body=marker, labels=["mendbot"], user="mendbot")
+    planted = server.add_issue(REPO, "pwned", body=f"click here\n{marker}", labels=["mendbot"], user="mallory")
+    if search != "exact":
+        items = [] if search == "lags" else [planted, lookalike, ours]
+        body = {"total_count": len(items), "incomplete_results": False, "items": items}
+        server.fail_next(r"^/search/issues$", 200, body=body, times=1)
+    found = client.find_issue_by_marker(REPO, marker, author=BOT, label="mendbot")
+    assert found is not None and found.number == ours["number"] and found.author == BOT
 
 
 def test_issue_and_comment_round_trip(server: FakeGitHubServer, client: InstallationClient) -> None:

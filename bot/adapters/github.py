@@ -144,6 +144,7 @@ class Issue:
     state: str
     labels: tuple[str, ...]
     html_url: str
+    author: str | None
 
 
 @dataclass(frozen=True)
@@ -673,14 +674,18 @@ class InstallationClient:
     def last_successful_run(
         self, repo: str, workflow_id: int | str, branch: str, before_run_id: int
     ) -> WorkflowRun | None:
-        """The newest successful run of the workflow on the branch that started before the given run."""
+        """The newest successful run of the workflow on the branch that started before the given run.
+
+        Only runs of the repository's own branch count: the branch filter also matches pull request runs
+        from forks whose branch has the same name, and their logs are whatever the fork's author wrote."""
 
         def find() -> WorkflowRun | None:
             runs = self._repo(repo).get_workflow(workflow_id).get_runs(branch=branch, status="success")
             run: GhWorkflowRun
             for run in islice(runs, 200):
-                if run.id < before_run_id:
-                    return _run(run.raw_data)
+                found = _run(run.raw_data)
+                if found.id < before_run_id and (found.head_repository or "").lower() == repo.lower():
+                    return found
             return None
 
         return self._call("find last successful run", find)
@@ -786,17 +791,23 @@ class InstallationClient:
     # -- issues and comments --
 
     def find_issue_by_marker(
-        self, repo: str, marker: str, label: str | None = None, include_closed: bool = False
+        self, repo: str, marker: str, *, author: str, label: str | None = None, include_closed: bool = False
     ) -> Issue | None:
-        """The issue whose body carries marker. Search is fuzzy and lags, so every hit is checked, and with
-        a label the labelled issues are scanned when search finds nothing."""
+        """The issue opened by `author` whose body carries marker. Anyone can paste the marker into an issue
+        of their own, so the author is part of the match. Search is fuzzy and lags, so every hit is checked,
+        and with a label the labelled issues are scanned when search finds nothing."""
         state = "" if include_closed else " is:open"
-        query = f'repo:{repo} is:issue{state} in:body "{marker.replace(chr(34), " ")}"'
+        phrase = marker.replace(chr(34), " ")
+        query = f'repo:{repo} is:issue{state} {_author_qualifier(author)} in:body "{phrase}"'
+
+        def ours(found: GhIssue) -> bool:
+            login = found.user.login if found.user else ""
+            return login.lower() == author.lower() and marker in (found.body or "")
 
         def search() -> Issue | None:
             found: GhIssue
             for found in islice(self.gh.search_issues(query), 50):
-                if marker in (found.body or ""):
+                if ours(found):
                     return _issue(found)
             return None
 
@@ -804,7 +815,7 @@ class InstallationClient:
             assert label is not None
             issues = self._repo(repo).get_issues(state="all" if include_closed else "open", labels=[label])
             for found in issues:
-                if marker in (found.body or ""):
+                if ours(found):
                     return _issue(found)
             return None
 
@@ -1007,6 +1018,13 @@ def _clip(text: str) -> str:
     return text[: CHECK_TEXT_LIMIT - len(note)] + note
 
 
+def _author_qualifier(login: str) -> str:
+    # Search names an App's bot account `app/<slug>`, not by its `<slug>[bot]` login.
+    if login.lower().endswith("[bot]"):
+        return f"author:app/{login[:-5]}"
+    return f"author:{login}"
+
+
 def _login(user: dict[str, Any] | None) -> str | None:
     return None if not user else str(user.get("login"))
 
@@ -1057,6 +1075,7 @@ def _issue(issue: GhIssue) -> Issue:
         state=issue.state,
         labels=tuple(label.name for label in issue.labels),
         html_url=issue.html_url,
+        author=issue.user.login if issue.user else None,
     )
 
 

@@ -1445,6 +1445,7 @@ def _search_matches(query: str, full_name: str, issue: dict[str, Any]) -> bool:
             or (key == "is" and value == "pr")
             or (key == "state" and issue["state"] != value)
             or (key == "label" and value not in labels)
+            or (key == "author" and _search_login(value) != str((issue.get("user") or {}).get("login")).lower())
         )
         if refused:
             return False
@@ -1452,3 +1453,8 @@ def _search_matches(query: str, full_name: str, issue: dict[str, Any]) -> bool:
             fields = set(value.split(","))
     haystack = " ".join(str(issue.get(name) or "") for name in fields).lower()
     return all(term in haystack for term in terms)
+
+
+def _search_login(value: str) -> str:
+    """The login an `author:` search qualifier names: `app/<slug>` is the App's `<slug>[bot]` account."""
+    return (f"{value[4:]}[bot]" if value.startswith("app/") else value).lower()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import io
 import itertools
 import random
@@ -167,6 +168,26 @@ def test_secrets_are_redacted_before_leaving_and_numbers_do_not_shift() -> None:
         assert line.text == "[REDACTED:private_key]" or quote_matches(line.text, raw[line.number - 1])
     hidden = {line.number for line in excerpt.lines if "private_key" in line.text}
     assert hidden and hidden <= {7, 8, 9, 10}
+
+
+@pytest.mark.parametrize("width", [76, 64])
+def test_a_base64_wrapped_private_key_never_reaches_the_excerpt(width: int) -> None:
+    rng = random.Random(width)
+    body = "".join(rng.choice("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/") for _ in range(1600))
+    pem = "-----BEGIN RSA PRIVATE KEY-----\n" + "\n".join(
+        body[start : start + 64] for start in range(0, len(body), 64)
+    ) + "\n-----END RSA PRIVATE KEY-----\n"
+    encoded = base64.b64encode(pem.encode()).decode()
+    wrapped = [encoded[start : start + width] for start in range(0, len(encoded), width)]
+    log = gha(("deploy", ['echo "$DEPLOY_KEY" | base64', *wrapped, "Error: deploy failed",
+                          "##[error]Process completed with exit code 1."]))
+
+    excerpt = excerpt_lines(lines_from_text(log), 12_000)
+
+    shown = texts(excerpt)
+    assert "Error: deploy failed" in shown
+    assert "[REDACTED:private_key]" in shown
+    assert not any(line in shown for line in wrapped)
 
 
 def test_blocks_are_labeled_with_job_and_step_across_zip_jobs() -> None:

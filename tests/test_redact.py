@@ -243,6 +243,107 @@ def test_pem_block_inside_a_larger_log_via_stream() -> None:
     assert redacted[25:] == log[25:]
 
 
+def _fake_pem(label: str = "RSA ", body_chars: int = 1600) -> str:
+    body = _chars(ALNUM + "+/", body_chars)
+    rows = [body[start : start + 64] for start in range(0, len(body), 64)]
+    return f"-----BEGIN {label}PRIVATE KEY-----\n" + "\n".join(rows) + f"\n-----END {label}PRIVATE KEY-----\n"
+
+
+def _wrapped_base64(text: str, width: int) -> list[str]:
+    """What `echo "$KEY" | base64 -w <width>` prints."""
+    encoded = base64.b64encode(text.encode()).decode()
+    return [encoded[start : start + width] for start in range(0, len(encoded), width)]
+
+
+def _log_around(block: list[str]) -> list[str]:
+    return [
+        *(f"step {n}: ok" for n in range(30)),
+        'Run echo "$DEPLOY_KEY" | base64',
+        *block,
+        "Error: deploy failed",
+        "##[error]Process completed with exit code 1.",
+    ]
+
+
+# 76 is what `base64` wraps at by default, 64 what `base64 -w 64` and `openssl base64` give; 32 splits
+# the BEGIN marker itself across two lines. The body lengths cover each padding: "==", "=" and none.
+@pytest.mark.parametrize("width", [76, 64, 32])
+@pytest.mark.parametrize("body_chars", [1600, 1601, 1602])
+@pytest.mark.parametrize("label", ["RSA ", "OPENSSH ", ""])
+def test_a_base64_wrapped_private_key_is_redacted_whole(width: int, body_chars: int, label: str) -> None:
+    block = _wrapped_base64(_fake_pem(label, body_chars), width)
+    log = _log_around(block)
+    first = log.index(block[0])
+
+    for redacted in (redact_lines(log), list(redact_stream(iter(log))), redact_text("\n".join(log)).split("\n")):
+        assert len(redacted) == len(log)
+        shown = redacted[first : first + len(block)]
+        # At 32 columns the first line holds only "-----BEGIN RSA P...", which gives nothing away.
+        key_lines = shown[1:] if width == 32 else shown
+        assert set(key_lines) == {"[REDACTED:private_key]"}, (width, body_chars, label)
+        assert redacted[:first] == log[:first]
+        assert redacted[first + len(block) :] == log[first + len(block) :]
+
+
+def test_a_wrapped_key_after_other_base64_is_still_found() -> None:
+    # An odd-length base64 line just before the key shifts the 4-character groups of the joined stream.
+    block = _wrapped_base64(_fake_pem(), 76)
+    log = ["c2hhMjU2OmFiY2RlZjAxMjM0NTY3", *block, "done"]
+
+    redacted = redact_lines(log)
+
+    assert redacted[1 : 1 + len(block)] == ["[REDACTED:private_key]"] * len(block)
+    assert redacted[-1] == "done"
+
+
+def test_a_wrapped_key_after_a_prefix_and_before_a_closing_quote() -> None:
+    block = _wrapped_base64(_fake_pem(), 64)
+    lines = [f"DEPLOY_KEY: '{block[0]}", *block[1:-1], f"{block[-1]}' # from secrets", "next step"]
+
+    redacted = redact_lines(lines)
+
+    assert redacted[0] == "DEPLOY_KEY: '[REDACTED:private_key]"
+    assert redacted[1:-2] == ["[REDACTED:private_key]"] * (len(block) - 2)
+    assert redacted[-2] == "[REDACTED:private_key]' # from secrets"
+    assert redacted[-1] == "next step"
+
+
+def test_a_cut_off_wrapped_key_ends_at_the_first_line_that_is_not_base64() -> None:
+    block = _wrapped_base64(_fake_pem(), 76)[:10]
+    lines = [*block, "Error: Permission denied (publickey).", "aGVsbG8K"]
+
+    redacted = redact_lines(lines)
+
+    assert redacted[:10] == ["[REDACTED:private_key]"] * 10
+    assert redacted[10:] == lines[10:]
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" + bytes(range(256)) * 3,
+        b"hello\n",
+        ("just some wrapped configuration, nothing to hide. " * 20).encode(),
+        b"-----BEGIN CERTIFICATE-----\nMIIBszCCAVmgAwIBAgIU\n-----END CERTIFICATE-----\n" * 5,
+        (_fake_pem() + "and a public note after the key\n" * 10).encode(),
+    ],
+    ids=["png", "hello", "text", "certificate", "text-after-a-whole-key"],
+)
+def test_wrapped_base64_that_is_not_a_key_is_left_alone(data: bytes) -> None:
+    encoded = base64.b64encode(data).decode()
+    block = [encoded[start : start + 76] for start in range(0, len(encoded), 76)]
+    lines = [*block, "next"]
+
+    redacted = redact_lines(lines)
+
+    if data.startswith(b"-----BEGIN RSA"):
+        # The lines that decode to the key are hidden; the note after its END marker is not.
+        assert redacted[0] == "[REDACTED:private_key]"
+        assert redacted[-4:] == lines[-4:]
+    else:
+        assert redacted == lines
+
+
 ORDINARY_LINES = [
     "HEAD is now at 0123456789abcdef0123456789abcdef01234567 Merge pull request #42",
     "Run ID 123e4567-e89b-12d3-a456-426614174000 started",

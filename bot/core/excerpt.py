@@ -11,7 +11,7 @@ from dataclasses import dataclass, field, replace
 
 from bot.core.logs import LogLine
 from bot.core.models import Excerpt, ExcerptBlock, ExcerptLine
-from bot.core.redact import placeholder, redact_text
+from bot.core.redact import Base64KeyBlock, placeholder, redact_text
 
 DEFAULT_BUDGET = 4096
 # A long line is shortened so one minified bundle or JSON blob cannot eat the budget.
@@ -236,6 +236,7 @@ class Excerpter:
         self._segment_regions = 0
         self._job_order: dict[str, int] = {}
         self._in_key_block = False
+        self._encoded_keys = Base64KeyBlock()
         self._runner_exits: list[tuple[str, str]] = []
         self._history: deque[LogLine] = deque(maxlen=FILL_LINES)
         self._characters = 0
@@ -299,7 +300,9 @@ class Excerpter:
         self._recent.append(line)
 
     def _hide_key_block(self, line: LogLine) -> LogLine:
-        """Blank out every line of a PEM private key, which a line-by-line redactor cannot see whole."""
+        """Blank out every line of a private key, plain or base64-wrapped, which a line-by-line redactor
+        cannot see whole."""
+        encoded = self._encoded_keys.feed(line.text)
         if "PRIVATE KEY" in line.text and "-----BEGIN" in line.text:
             self._in_key_block = "-----END" not in line.text
             return replace(line, text=placeholder("private_key"))
@@ -307,6 +310,9 @@ class Excerpter:
             if "-----END" in line.text:
                 self._in_key_block = False
             return replace(line, text=placeholder("private_key"))
+        if encoded is not None:
+            start, end = encoded
+            return replace(line, text=line.text[:start] + placeholder("private_key") + line.text[end:])
         return line
 
     def _open_region(self, line: LogLine, score: float) -> None:

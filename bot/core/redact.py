@@ -179,6 +179,12 @@ _NOT_A_SECRET_RE = re.compile(
 
 _PEM_BEGIN_RE = re.compile(r"-----BEGIN[A-Z0-9 ]*PRIVATE KEY[A-Z ]*-----")
 _PEM_END_RE = re.compile(r"-----END[A-Z0-9 ]*PRIVATE KEY[A-Z ]*-----")
+# The standard alphabet only: `base64` and `openssl base64`, which wrap keys over lines, never write "-_".
+_BASE64_ALPHABET = string.ascii_letters + string.digits + "+/"
+_BASE64_ALPHABET_AND_PADDING = frozenset(_BASE64_ALPHABET + "=")
+# Decoded text kept between lines, enough to hold a PEM marker that straddles two wrapped lines.
+_DECODED_TAIL = 80
+_LEADING_BASE64_RE = re.compile(r"\s*([A-Za-z0-9+/]+={0,2})")
 
 # Starts only where a run starts, so scanning a line costs one pass. Encoded text starts with a letter
 # (ASCII bytes encode to A-Z or a-f first), which skips "--flags", "/paths" and "----" rules.
@@ -237,6 +243,7 @@ def _redact_stream(lines: Iterable[str]) -> Iterator[str]:
 def _spans_by_line(lines: Iterable[str]) -> Iterator[tuple[str, list[_Span]]]:
     """Pair each line with the secret spans in it, carrying private-key blocks across lines."""
     in_key_block = False
+    encoded_keys = Base64KeyBlock()
     for line in lines:
         if not isinstance(line, str):
             raise TypeError("lines must be str")
@@ -244,8 +251,111 @@ def _spans_by_line(lines: Iterable[str]) -> Iterator[tuple[str, list[_Span]]]:
         if in_key_block or "PRIVATE KEY" in line:
             # Key spans go first so that, on a tie, a key line is always labelled private_key.
             spans, in_key_block = _key_block_spans(line, in_key_block)
+        encoded = encoded_keys.feed(line)
+        if encoded is not None:
+            spans.append((*encoded, PRIVATE_KEY))
         spans.extend(_line_spans(line))
         yield line, spans
+
+
+class Base64KeyBlock:
+    """Follows base64 wrapped over lines (`base64`, `openssl base64`) to find an encoded private key whole.
+
+    Fed every line in order, it returns the (start, end) of key material on that line, or None. A wrapped
+    line decodes to a piece of the key that no check of one line can recognise, so from the line whose
+    decoded text opens a PEM private key, every following base64 line is key material until the decoded
+    text reaches the key's END marker, the padding ends the stream, or a line that is not base64 ends it.
+    """
+
+    def __init__(self) -> None:
+        self._in_key = False
+        # Base64 characters not decoded yet (fewer than 4) and the decoded tail of the current run of lines.
+        self._carry = ""
+        self._tail = ""
+
+    def feed(self, line: str) -> tuple[int, int] | None:
+        body = line.rstrip()
+        if not self._in_key and (not body or body[-1] not in _BASE64_ALPHABET_AND_PADDING):
+            # Most log lines end in punctuation or a space, so no base64 run ends them.
+            self._carry = self._tail = ""
+            return None
+        # The run of base64 that ends the line; the line is pure base64 when nothing but spaces precede it.
+        start = len(body.rstrip("=").rstrip(_BASE64_ALPHABET))
+        run = body[start:]
+        pure = bool(run) and not body[:start].strip()
+        if self._in_key:
+            if pure:
+                return self._continue_key(start, run)
+            # A key's last line may end in a quote or a comment; its leading run still belongs to the key.
+            return self._end_key(line)
+        if len(run) < MIN_BASE64_RUN:
+            self._reset()
+            return None
+        return self._start_key(start, run, continues=pure)
+
+    def _start_key(self, start: int, run: str, *, continues: bool) -> tuple[int, int] | None:
+        # A line need not start on a 4-character boundary of the stream: decode it joined to the lines
+        # before it, and alone.
+        carry, tail = (self._carry, self._tail) if continues else ("", "")
+        joined, joined_left = _decode_prefix(carry + run)
+        readings = [(tail + joined, joined_left)]
+        if carry or tail:
+            readings.append(_decode_prefix(run))
+        for decoded, left in readings:
+            opened = _unclosed_key_start(decoded)
+            if opened is not None and not run.endswith("="):
+                self._in_key, self._carry, self._tail = True, left, decoded[opened:][-_DECODED_TAIL:]
+                return start, start + len(run)
+        if run.endswith("="):
+            self._reset()  # the padding ends the stream, so the next line starts a new one
+        else:
+            self._carry, self._tail = joined_left, (tail + joined)[-_DECODED_TAIL:]
+        return None
+
+    def _continue_key(self, start: int, run: str) -> tuple[int, int]:
+        decoded, left = _decode_prefix(self._carry + run)
+        tail = self._tail + decoded
+        end = _PEM_END_RE.search(tail)
+        # The line that finishes the END marker's own line is the key's last; padding ends the stream.
+        if (end is not None and end.end() < len(tail)) or run.endswith("="):
+            self._reset()
+        else:
+            self._carry, self._tail = left, tail[-_DECODED_TAIL:]
+        return start, start + len(run)
+
+    def _end_key(self, line: str) -> tuple[int, int] | None:
+        leading = _LEADING_BASE64_RE.match(line)
+        ends_key = False
+        if leading is not None:
+            decoded, _ = _decode_prefix(self._carry + leading.group(1))
+            ends_key = "-----END" in self._tail + decoded
+        self._reset()
+        return leading.span(1) if leading is not None and ends_key else None
+
+    def _reset(self) -> None:
+        self._in_key, self._carry, self._tail = False, "", ""
+
+
+def _decode_prefix(chars: str) -> tuple[str, str]:
+    """Decode the whole 4-character groups of standard base64 (all of it when padded), and the rest."""
+    if chars.endswith("="):
+        return _decode_base64(chars) or "", ""
+    whole = len(chars) - len(chars) % 4
+    try:
+        raw = binascii.a2b_base64(chars[:whole])
+    except binascii.Error:
+        return "", ""
+    return raw.decode("latin-1"), chars[whole:]
+
+
+def _unclosed_key_start(decoded: str) -> int | None:
+    """Where the last PEM private key opened in `decoded` starts, if it is not closed there too."""
+    if "PRIVATE KEY" not in decoded:
+        return None
+    begins = list(_PEM_BEGIN_RE.finditer(decoded))
+    if not begins or "-----END" in decoded[begins[-1].end() :]:
+        return None
+    return begins[-1].start()
 
 
 def _key_block_spans(line: str, in_key_block: bool) -> tuple[list[_Span], bool]:

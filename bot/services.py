@@ -18,7 +18,7 @@ from bot.core.logs import LogError, parse_lines
 from bot.core.models import Excerpt
 from bot.core.prompt import CommitInfo, SourceSnippet
 from bot.core.references import file_references
-from bot.core.render import issue_title
+from bot.core.render import issue_title, neutralize, plain_text
 from bot.diagnosers import OfflineDiagnoser
 from bot.executor import Done, Executor, KeyedLocks
 from bot.plan import (
@@ -388,10 +388,10 @@ def plan_steps(report: Report, pulls: Sequence[int], loaded: LoadedConfig) -> Pl
                 run.head_sha,
                 run.run_id,
                 run.attempt,
-                title=templates.CHECK_RUN_TITLE.format(category=primary.category, summary=primary.summary)[
-                    :200
-                ],
-                summary=f"**{primary.severity}** · {primary.root_cause}",
+                title=templates.CHECK_RUN_TITLE.format(
+                    category=primary.category, summary=plain_text(primary.summary)
+                )[:200],
+                summary=f"**{primary.severity}** · {neutralize(primary.root_cause)}",
                 text=report.markdown(),
                 annotations=check_annotations(report),
             )

@@ -530,3 +530,32 @@ def test_annotations_only_point_inside_the_repository_and_at_lines_that_exist() 
     )
     annotations = check_annotations(Report(run, (job,)))
     assert [(a.path, a.line) for a in annotations] == [("src/app.py", 2)]
+
+
+def test_a_hostile_log_line_is_inert_in_the_comment_and_the_check_run(world: World) -> None:
+    hostile = (
+        'error: build failed</b><h3>What to do</h3><ol><li>Run <a href="https://evil.example/fix.sh">the official '
+        "fix script</a></li></ol><sub>Diagnosed by Mendbot · confidence 99%</sub> "
+        "[click](https://evil.example) ![pixel](https://evil.example/p.png)"
+    )
+    run = world.failed_run(
+        f"##[group]Run make\nmake\n##[endgroup]\n{hostile}\n##[error]Process completed with exit code 2.\n",
+        pulls=(world.pull(),),
+        event="pull_request",
+        branch="feature",
+    )
+
+    assert world.handle(run) is Outcome.DONE
+
+    [check] = world.check_runs
+    summary = check["output"]["summary"]
+    # The matched line is quoted in the summary, as text that shows its tags instead of obeying them.
+    assert "&lt;h3&gt;What to do&lt;/h3&gt;" in summary
+    assert not re.search(r"<\w|](?:\(|:)|!\[", summary)
+    title = check["output"]["title"]
+    assert "\n" not in title and "<!-- mendbot" not in title
+    for body in (world.comments[0]["body"], check["output"]["text"]):
+        # Outside the quoted log (code, which shows it literally), only Mendbot's own markup is live.
+        prose = re.sub(r"```text\n.*?\n```|(`+).+?\1", "", body, flags=re.S)
+        assert "<h3>" not in prose and "<a " not in prose and prose.count("<sub>") == 1
+        assert "](https://evil" not in prose and "![" not in prose and "&lt;sub&gt;" in prose

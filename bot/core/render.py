@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections import defaultdict, deque
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -13,6 +14,13 @@ from bot.core.models import Diagnosis, Excerpt
 MAX_BODY_CHARS = 65_536
 _MARKER_RE = re.compile(r"^<!-- mendbot:fingerprint=([0-9a-zA-Z_-]{1,64}) -->\s*$", re.MULTILINE)
 _MENTION_RE = re.compile(r"@(?=[A-Za-z0-9])")
+_BACKTICKS_RE = re.compile(r"`+")
+# Characters that Markdown would read as HTML, links or images. A link needs `](` and a link reference
+# definition `]:`, so breaking those pairs disarms every link while plain brackets stay readable.
+_PROSE_RE = re.compile(r"[&<>\\|`]|(?<=\])[(:]|(?<=!)\[")
+_PROSE_ESCAPES = {"&": "&amp;", "<": "&lt;", ">": "&gt;"}
+# At the start of a line these open headings, lists, quotes, rules, setext underlines or fences.
+_BLOCK_START_RE = re.compile(r"^([ \t]*)(?:([#*+=_~-])|(\d{1,9})([.)]))", re.MULTILINE)
 
 
 def marker(fingerprint: str) -> str:
@@ -27,14 +35,64 @@ def find_fingerprint(body: str) -> str | None:
 
 
 def neutralize(text: str) -> str:
-    """Make untrusted text inert in Markdown: no HTML comments or markers, no @-mentions."""
+    """Make untrusted text inert as Markdown prose, yet readable once GitHub renders it.
+
+    Raw HTML, links, images, headings, lists, quotes, fences, HTML comments and @-mentions all become
+    plain text. Code spans that open and close on one line are kept, with only markers and mentions
+    defused inside them, since nothing in a code span is live.
+    """
+    lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
+    return "\n".join(_neutralize_line(line) for line in lines)
+
+
+def _neutralize_line(line: str) -> str:
+    # As in CommonMark, a run of backticks opens a code span only if a later run of the same length closes it.
+    runs = list(_BACKTICKS_RE.finditer(line))
+    later: dict[int, deque[re.Match[str]]] = defaultdict(deque)
+    for run in runs:
+        later[len(run.group())].append(run)
+    parts: list[str] = []
+    done = 0
+    for opener in runs:
+        same = later[len(opener.group())]
+        while same and same[0].start() <= opener.start():
+            same.popleft()
+        if opener.start() < done or not same:
+            continue  # inside a span already taken, or unmatched: escaped with the prose around it
+        closer = same.popleft()
+        parts.append(_escape_prose(line[done : opener.start()], at_line_start=done == 0))
+        parts.append(_defuse(line[opener.start() : closer.end()]))
+        done = closer.end()
+    parts.append(_escape_prose(line[done:], at_line_start=done == 0))
+    return "".join(parts)
+
+
+def _escape_prose(text: str, *, at_line_start: bool) -> str:
+    text = _PROSE_RE.sub(lambda found: _PROSE_ESCAPES.get(found.group(), "\\" + found.group()), text)
+    if at_line_start:
+        text = _BLOCK_START_RE.sub(_escape_block_start, text, count=1)
+    return _MENTION_RE.sub("@\u200b", text)
+
+
+def _escape_block_start(found: re.Match[str]) -> str:
+    indent, symbol, number, delimiter = found.groups()
+    return f"{indent}\\{symbol}" if symbol else f"{indent}{number}\\{delimiter}"
+
+
+def _defuse(text: str) -> str:
+    """Disarm HTML comments (so no marker can be planted) and @-mentions in text shown literally."""
     text = text.replace("<!--", "<!-\u200b-").replace("-->", "-\u200b->")
     return _MENTION_RE.sub("@\u200b", text)
 
 
+def plain_text(text: str) -> str:
+    """Untrusted text for a plain-text field such as a title: one line, no markers, no @-mentions."""
+    return _defuse(" ".join(text.split()))
+
+
 def inline_code(text: str) -> str:
     """Quote text as inline code that its own backticks cannot break out of."""
-    text = neutralize(text).replace("\n", " ")
+    text = _defuse(text).replace("\r", " ").replace("\n", " ")
     longest = max((len(run) for run in re.findall(r"`+", text)), default=0)
     fence = "`" * (longest + 1)
     pad = " " if text.startswith("`") or text.endswith("`") else ""
@@ -44,12 +102,12 @@ def inline_code(text: str) -> str:
 def code_block(text: str, language: str = "text") -> str:
     longest = max((len(run) for run in re.findall(r"`{3,}", text)), default=2)
     fence = "`" * (longest + 1)
-    return f"{fence}{language}\n{neutralize(text)}\n{fence}"
+    return f"{fence}{language}\n{_defuse(text)}\n{fence}"
 
 
 def issue_title(diagnosis: Diagnosis) -> str:
     """`🚨 [AUTO] {category}: {summary}`, kept within GitHub's title length."""
-    title = templates.ISSUE_TITLE.format(category=diagnosis.category, summary=neutralize(diagnosis.summary))
+    title = templates.ISSUE_TITLE.format(category=diagnosis.category, summary=plain_text(diagnosis.summary))
     return title if len(title) <= 200 else title[:199] + "…"
 
 
@@ -100,7 +158,7 @@ def render_markdown(
     """
     icon = templates.SEVERITY_ICON.get(str(diagnosis.severity), "❌")
     head = [
-        templates.COMMENT_HEADING.format(icon=icon, title=neutralize(diagnosis.summary)),
+        templates.COMMENT_HEADING.format(icon=icon, title=neutralize(plain_text(diagnosis.summary))),
         "",
         f"**Severity:** {diagnosis.severity} · **Category:** `{diagnosis.category}` · "
         f"**Confidence:** {diagnosis.confidence:.0%} · **Source:** {diagnosis.source}",
@@ -114,8 +172,8 @@ def render_markdown(
         url = (log_urls or {}).get(item.job) or (log_urls or {}).get("")
         where = f"[line {item.line}]({url}#L{item.line})" if url else f"line {item.line}"
         if item.job:
-            where += f" ({neutralize(item.job)})"
-        source = f" → `{neutralize(item.file)}:{item.file_line}`" if item.file else ""
+            where += f" ({neutralize(plain_text(item.job))})"
+        source = f" → {inline_code(f'{item.file}:{item.file_line}')}" if item.file else ""
         evidence.append(f"- {where}: {inline_code(_clip(item.text, 300))}{source}")
     advice = ["", "### What to do"]
     advice += [f"{n}. {neutralize(text)}" for n, text in enumerate(diagnosis.recommendations, start=1)]

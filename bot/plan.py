@@ -9,8 +9,11 @@ from typing import Any
 
 from bot.core import templates
 from bot.core.models import Diagnosis, Excerpt
-from bot.core.render import find_fingerprint, neutralize, one_line, render_markdown
+from bot.core.render import MAX_BODY_CHARS, find_fingerprint, neutralize, one_line, plain_text, render_markdown
 from bot.ports import DiagnosisResult
+
+# A config problem names the key it is about; a key can be as long as the file allows.
+MAX_PROBLEM_CHARS = 500
 
 
 @dataclass(frozen=True)
@@ -106,18 +109,30 @@ class Report:
     def log_urls(self) -> dict[str, str]:
         return {job.job: job.job_url for job in self.jobs if job.job_url}
 
-    def markdown(self, job: JobDiagnosis | None = None, previous: str | None = None, trailer: str = "") -> str:
-        """The diagnosis of one job (the primary by default), with the other failed jobs listed after it."""
+    def markdown(
+        self,
+        job: JobDiagnosis | None = None,
+        previous: str | None = None,
+        trailer: str = "",
+        lead: Sequence[str] = (),
+    ) -> str:
+        """The diagnosis of one job (the primary by default), with the other failed jobs listed after it.
+
+        `lead` lines (Mendbot's own Markdown) come first among those after the diagnosis.
+        """
         chosen = job or self.primary
         others = [
-            templates.OTHER_JOB_LINE.format(job=neutralize(other.job), line=neutralize(one_line(other.diagnosis)))
+            templates.OTHER_JOB_LINE.format(
+                job=neutralize(plain_text(other.job)), line=neutralize(one_line(other.diagnosis))
+            )
             for other in self.jobs
             if other is not chosen
         ]
         notes = [f"> {neutralize(note)}" for note in self.notes]
-        extra = [templates.OTHER_JOBS_HEADING, *others] if others else []
-        extra += [""] if others and notes else []
-        extra += notes
+        extra: list[str] = []
+        for section in (list(lead), [templates.OTHER_JOBS_HEADING, *others] if others else [], notes):
+            if section:
+                extra += ["", *section] if extra else section
         # render_markdown puts these before the footer, so the fingerprint marker stays last, and counts
         # them against GitHub's size limit.
         return render_markdown(
@@ -233,7 +248,7 @@ class IncidentIssue:
             run_url=self.run_url,
             when=f"{now:%Y-%m-%d %H:%M} UTC",
         )
-        return f"{line}\n\n{self.report.markdown(self.job)}"
+        return self.report.markdown(self.job, lead=[line])
 
     def occurrence_comment(self, count: int, since: datetime | None) -> str:
         quiet = f" after a quiet period since {since:%Y-%m-%d %H:%M} UTC" if since else ""
@@ -267,8 +282,18 @@ class ConfigProblemIssue:
         return templates.CONFIG_MARKER.format(digest=self.digest)
 
     def body(self) -> str:
-        problems = "\n".join(f"- {neutralize(problem)}" for problem in self.problems)
-        return templates.CONFIG_ISSUE_BODY.format(problems=problems, marker=self.marker)
+        """The problems as a list, as many as fit in GitHub's body limit."""
+        room = MAX_BODY_CHARS - len(templates.CONFIG_ISSUE_BODY.format(problems="", marker=self.marker)) - 100
+        listed: list[str] = []
+        for problem in self.problems:
+            item = f"- {neutralize(plain_text(problem)[:MAX_PROBLEM_CHARS])}"
+            if len(item) + 1 > room:
+                break
+            listed.append(item)
+            room -= len(item) + 1
+        if len(listed) < len(self.problems):
+            listed.append(f"- … and {len(self.problems) - len(listed)} more")
+        return templates.CONFIG_ISSUE_BODY.format(problems="\n".join(listed), marker=self.marker)
 
     def describe(self) -> str:
         return f"issue about the invalid .github/mendbot.yml in {self.repository}: {'; '.join(self.problems)}"

@@ -225,10 +225,12 @@ def test_incident_issue_is_one_per_fingerprint_with_one_occurrence_per_run_attem
 
 def test_incident_issue_body_counts_occurrences_and_carries_its_jobs_fingerprint() -> None:
     once, thrice = incident().body(1, NOW), incident().body(3, NOW)
-    assert once.startswith("**Occurrences:** seen 1 time; latest in [this run](")
-    assert thrice.startswith("**Occurrences:** seen 3 times;") and "at 2025-03-10 12:00 UTC" in thrice
+    assert "\n**Occurrences:** seen 1 time; latest in [this run](" in once
+    assert "\n**Occurrences:** seen 3 times;" in thrice and "at 2025-03-10 12:00 UTC" in thrice
+    # The count leads what follows the diagnosis, ahead of the other failed jobs.
+    assert once.index("**Occurrences:**") < once.index(templates.OTHER_JOBS_HEADING) < once.index("<sub>")
     # The issue is about its own job, even when another job of the run was more severe.
-    assert find_fingerprint(once) == "fp-lint" and "lint failed" in once.split("\n")[2]
+    assert find_fingerprint(once) == "fp-lint" and "lint failed" in once.split("\n")[0]
 
 
 def test_occurrence_comment_has_a_marker_per_run_attempt_and_mentions_a_quiet_period() -> None:
@@ -267,3 +269,37 @@ def test_a_huge_report_with_other_jobs_and_a_sticky_marker_stays_within_githubs_
     assert len(body) <= MAX_BODY_CHARS
     assert body.rstrip().endswith(sticky.marker)
     assert find_fingerprint(body) == primary.diagnosis.fingerprint
+
+
+def test_a_huge_incident_issue_with_its_occurrence_line_stays_within_githubs_limit() -> None:
+    lines = [ExcerptLine(number=n, text=f"E   assertion {n} failed " + "x" * 200) for n in range(1, 400)]
+    huge = Excerpt(blocks=[ExcerptBlock(job="build", step="test", lines=lines)], budget=100_000)
+    primary = JobDiagnosis("build", "", huge, BUILD.result)
+    # A run with very many failed jobs names every skipped one in a note.
+    names = ", ".join(f"job-{n}-" + "x" * 60 for n in range(1500))
+    notes = (templates.SKIPPED_JOBS_NOTE.format(count=1500, names=names),)
+    report = Report(RUN, (primary, LINT), notes=notes)
+    step = IncidentIssue(
+        REPO, "fp-build", "t", (), report, primary, 100, 1, f"https://github.com/{REPO}/actions/runs/100", timedelta(1)
+    )
+    body = step.body(12_345, NOW)
+    assert len(body) <= MAX_BODY_CHARS
+    assert "**Occurrences:** seen 12345 times" in body
+    assert find_fingerprint(body) == "fp-build" and body.endswith(marker("fp-build"))
+
+
+def test_a_config_problem_issue_about_huge_keys_stays_within_githubs_limit() -> None:
+    # A YAML alias can repeat one 60 KB key in many problems without making the file any bigger.
+    problems = tuple(f"rules.{n}.{'k' * 60_000}: Extra inputs are not permitted" for n in range(10))
+    step = ConfigProblemIssue(REPO, "abc123", problems)
+    body = step.body()
+    assert len(body) <= MAX_BODY_CHARS
+    assert body.count("\n- rules.") == 10 and body.endswith(step.marker)
+
+
+def test_config_problems_that_do_not_fit_are_counted_instead() -> None:
+    step = ConfigProblemIssue(REPO, "abc123", tuple(f"key{n}: " + "<" * 400 for n in range(1000)))
+    body = step.body()
+    assert len(body) <= MAX_BODY_CHARS and body.endswith(step.marker)
+    listed = body.count("\n- key")
+    assert 0 < listed < 1000 and f"- … and {1000 - listed} more" in body

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import logging
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -21,7 +23,18 @@ from bot.routing import Outcome, Router
 from bot.services import Services
 from bot.web import create_app
 from bot.wiring import Components, build_components
-from tests.app_support import INSTALLATION, REPO, SECRET, make_settings, serve, signed, wait_for
+from tests.app_support import (
+    APP_ID,
+    INSTALLATION,
+    REPO,
+    SECRET,
+    free_port,
+    make_settings,
+    rsa_keys,
+    serve,
+    signed,
+    wait_for,
+)
 
 if TYPE_CHECKING:
     from tests.servers import PostgresServer
@@ -240,3 +253,57 @@ def test_a_15_second_handler_does_not_delay_the_reply(tmp_path: Path) -> None:
     finally:
         release.set()
         components.close()
+
+
+# ---- `uvicorn app:app` -------------------------------------------------------------------------------------
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_importing_the_entry_point_reads_no_configuration() -> None:
+    imported = subprocess.run(
+        [sys.executable, "-c", "import app; print(type(app.app).__name__)"],
+        cwd=ROOT,
+        env={},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert imported.returncode == 0, imported.stderr
+    assert imported.stdout.strip() == "BuiltAtStartup"
+
+
+def uvicorn_app(env: dict[str, str], port: int) -> subprocess.Popen[str]:
+    command = [sys.executable, "-m", "uvicorn", "app:app", "--host", "127.0.0.1", "--port", str(port)]
+    return subprocess.Popen(command, cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True)
+
+
+def test_uvicorn_app_app_builds_the_app_from_the_environment_at_startup(tmp_path: Path) -> None:
+    env = {
+        "MENDBOT_APP_ID": APP_ID,
+        "MENDBOT_PRIVATE_KEY": rsa_keys()[0],
+        "MENDBOT_WEBHOOK_SECRET": SECRET,
+        "MENDBOT_DATABASE_URL": f"sqlite:///{tmp_path / 'state.db'}",
+    }
+    port = free_port()
+    server = uvicorn_app(env, port)
+    try:
+
+        def healthy() -> bool:
+            assert server.poll() is None, server.communicate()[1]
+            try:
+                return httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2).status_code == 200
+            except httpx.TransportError:
+                return False
+
+        wait_for(healthy, what="uvicorn app:app to answer /healthz")
+    finally:
+        server.terminate()
+        server.communicate(timeout=30)
+
+
+def test_uvicorn_app_app_refuses_to_start_without_configuration() -> None:
+    server = uvicorn_app({}, free_port())
+    _, errors = server.communicate(timeout=60)
+    assert server.returncode != 0
+    assert "SettingsError: set MENDBOT_APP_ID" in errors and "startup failed" in errors

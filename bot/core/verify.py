@@ -9,9 +9,12 @@ from dataclasses import dataclass
 from bot.core.logs import ANSI_RE, GHA_TIMESTAMP_RE, LogLine
 from bot.core.models import Diagnosis, Evidence
 from bot.core.prompt import sanitize_untrusted
+from bot.core.redact import PLACEHOLDER_RE, RedactionError, redact_text
 
-# A quote may skip text with an ellipsis and hide secrets behind placeholders; each fragment must still match.
-FRAGMENT_SPLIT_RE = re.compile(r"…|\.\.\.|\[REDACTED(?::[^\]\s]*)?\]")
+# A quote may skip text with an ellipsis and hide secrets behind placeholders; each fragment must still
+# match, and each placeholder must stand where the line the model was shown has one.
+FRAGMENT_SPLIT_RE = re.compile(rf"(…|\.\.\.|{PLACEHOLDER_RE.pattern})")
+BARE_PLACEHOLDER = "[REDACTED]"
 # Models miscount by a line or two; a quote found this close is real evidence with a wrong number.
 NEARBY_LINES = 2
 # Fragments this short ("a", "ok") would match almost any line, so they prove nothing.
@@ -40,19 +43,40 @@ def normalize_for_match(text: str) -> str:
 
 
 def quote_matches(quote: str, original: str) -> bool:
-    """True if every fragment of the quote appears, in order, in the normalised original line."""
-    fragments = [normalize_for_match(part) for part in FRAGMENT_SPLIT_RE.split(quote)]
-    fragments = [fragment for fragment in fragments if fragment]
-    target = normalize_for_match(original)
-    if not fragments or not target:
+    """True if the quote's fragments and placeholders appear, in order, in the redacted, normalised line.
+
+    A placeholder names its kind ([REDACTED:github_token]) or not ([REDACTED]); either must be one the
+    redactor put in the line, so text the model invents inside brackets never verifies.
+    """
+    try:
+        # Redacted as the excerpt was: after the terminal codes and timestamp are gone.
+        target = normalize_for_match(redact_text(GHA_TIMESTAMP_RE.sub("", ANSI_RE.sub("", original), count=1)))
+    except RedactionError:
         return False
     position = 0
-    for fragment in fragments:
-        found = target.find(fragment, position)
+    matched = 0
+    for index, part in enumerate(FRAGMENT_SPLIT_RE.split(quote)):
+        if index % 2:  # a separator: an ellipsis skips text, a placeholder must be there
+            if part in ("…", "..."):
+                continue
+            found, length = _find_placeholder(part, target, position)
+        else:
+            fragment = normalize_for_match(part)
+            if not fragment:
+                continue
+            found, length = target.find(fragment, position), len(fragment)
+            matched += length
         if found < 0:
             return False
-        position = found + len(fragment)
-    return sum(len(fragment) for fragment in fragments) >= min(MIN_QUOTE_CHARS, len(target))
+        position = found + length
+    return bool(matched and target) and matched >= min(MIN_QUOTE_CHARS, len(target))
+
+
+def _find_placeholder(placeholder: str, target: str, position: int) -> tuple[int, int]:
+    if placeholder != BARE_PLACEHOLDER:
+        return target.find(placeholder, position), len(placeholder)
+    found = PLACEHOLDER_RE.search(target, position)
+    return (found.start(), len(found.group())) if found else (-1, 0)
 
 
 def verify_evidence(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import time
 
 import pytest
 
@@ -95,6 +96,33 @@ def outside_blocks(user: str) -> str:
 )
 def test_sanitize_strips_what_a_reader_cannot_see(raw: str, clean: str) -> None:
     assert sanitize_untrusted(raw) == clean
+
+
+@pytest.mark.parametrize(
+    "hostile",
+    [
+        "![" * 32_768,
+        "[" * 65_536,
+        "![x](" * 20_000,
+        "![x][" * 20_000,
+        "<" + " " * 65_536 + "x",
+        ("<" + "\t" * 100) * 600,
+    ],
+    ids=["image-openers", "brackets", "image-urls", "image-references", "spaced-angle", "many-spaced-angles"],
+)
+def test_sanitize_is_linear_on_hostile_issue_bodies(hostile: str) -> None:
+    started = time.perf_counter()
+
+    sanitize_untrusted(hostile)
+
+    # Each took seconds when a failed match rescanned the rest of the text; linear is about a millisecond.
+    assert time.perf_counter() - started < 1.0
+
+
+def test_images_with_brackets_or_parentheses_nearby_are_still_hidden() -> None:
+    text = "[a] ![alt one](u) (b) ![alt\ntwo][ref] ![c]"
+
+    assert sanitize_untrusted(text) == "[a] [image] (b) [image] [image]"
 
 
 @pytest.mark.parametrize(

@@ -32,11 +32,13 @@ REQUEST = (
 
 ERROR_WORDS_RE = re.compile(r"error|fail|exception|traceback|fatal|panic|denied|timed? ?out|killed", re.I)
 HTML_COMMENT_RE = re.compile(r"<!--.*?(?:-->|\Z)", re.S)
-# Images hide text a reader never sees: alt text, and the URL of reference-style images.
-MARKDOWN_IMAGE_RE = re.compile(r"!\[[^\]]*\](?:\([^)]*\)|\[[^\]]*\])?")
+# Images hide text a reader never sees: alt text, and the URL of reference-style images. No part may
+# contain its own opening bracket, so a failed match stops at the next one and "![" * n stays linear.
+MARKDOWN_IMAGE_RE = re.compile(r"!\[[^\[\]]*\](?:\([^()]*\)|\[[^\[\]]*\])?")
 HTML_IMAGE_RE = re.compile(r"<img\b[^>]*>?", re.I)
 # Anything that could read as our own block delimiter; the "<" is escaped so it cannot close a block.
-DELIMITER_RE = re.compile(r"<(?=\s*/?\s*untrusted)", re.I)
+# Possessive repeats: a "<" before a long run of spaces must not retry every split of it.
+DELIMITER_RE = re.compile(r"<(?=\s*+/?\s*+untrusted)", re.I)
 SUSPECT_CHAR_RE = re.compile(r"[^\x20-\x7e\n\t]")
 # Variation selectors carry no visible glyph of their own and can smuggle bytes past a reader.
 VARIATION_SELECTORS = ((0xFE00, 0xFE0F), (0xE0100, 0xE01EF))

@@ -6,7 +6,9 @@ import base64
 import io
 import itertools
 import random
+import tracemalloc
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -188,6 +190,43 @@ def test_a_base64_wrapped_private_key_never_reaches_the_excerpt(width: int) -> N
     assert "Error: deploy failed" in shown
     assert "[REDACTED:private_key]" in shown
     assert not any(line in shown for line in wrapped)
+
+
+def test_long_lines_are_kept_short_between_reading_and_packing() -> None:
+    def long_error_lines() -> Iterator[LogLine]:
+        for number in range(1, 1_001):
+            word = "".join(random.Random(number).choices("abcdefghijklmnopqrstuvwxyz", k=12))
+            yield LogLine(number, f"error: failed {word} " + "x" * 16_000, truncated=True)
+
+    tracemalloc.start()
+    try:
+        excerpter = Excerpter(4096)
+        for line in long_error_lines():
+            excerpter.feed(line)
+        excerpt = excerpter.finish()
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+
+    # Holding the lines whole would take over 20 MB: a thousand regions' and history lines of 16 KB.
+    assert peak < 4_000_000
+    assert excerpt.lines and all(line.text.endswith("…") for line in excerpt.lines)
+    assert all(len(line.text.encode()) <= 301 for line in excerpt.lines)
+
+
+def test_a_secret_the_stored_cut_crosses_is_hidden_whole() -> None:
+    header = base64.urlsafe_b64encode(b'{"alg":"HS256","typ":"JWT"}').decode().rstrip("=")
+    payload = base64.urlsafe_b64encode(b'{"sub":"' + b"u" * 400 + b'"}').decode().rstrip("=")
+    token = f"{header}.{payload}.{'s' * 43}"
+    # The token shrinks to a placeholder, so what the excerpt shows reaches the quoted password at the cut.
+    line = f"Error: login failed for {token} " + "." * (580 - len(token))
+    line += ' password="correct horse battery staple" ' + "z" * 3_000
+
+    excerpt = excerpt_lines([LogLine(1, line)], 4096)
+
+    (shown,) = excerpt.lines
+    assert "[REDACTED:jwt]" in shown.text
+    assert "horse" not in shown.text and "staple" not in shown.text
 
 
 def test_blocks_are_labeled_with_job_and_step_across_zip_jobs() -> None:

@@ -18,6 +18,7 @@ from bot.core.redact import (
     PLACEHOLDER_RE,
     RedactionError,
     contains_secret,
+    redact_head,
     redact_lines,
     redact_stream,
     redact_text,
@@ -342,6 +343,16 @@ def test_wrapped_base64_that_is_not_a_key_is_left_alone(data: bytes) -> None:
         assert redacted[-4:] == lines[-4:]
     else:
         assert redacted == lines
+
+
+def test_redact_head_hides_a_secret_the_cut_crosses_whole() -> None:
+    line = "a" * 580 + ' password="correct horse battery staple" and then ' + "b" * 5_000
+
+    head = redact_head(line, 600)
+
+    assert head == "a" * 580 + ' password="[REDACTED:password]'
+    assert redact_head("short " + SECRETS["ghp"], 600) == "short [REDACTED:github_token]"
+    assert redact_head("x" * 1_000, 600) == "x" * 600
 
 
 ORDINARY_LINES = [

@@ -11,11 +11,13 @@ from dataclasses import dataclass, field, replace
 
 from bot.core.logs import LogLine
 from bot.core.models import Excerpt, ExcerptBlock, ExcerptLine
-from bot.core.redact import Base64KeyBlock, placeholder, redact_text
+from bot.core.redact import Base64KeyBlock, placeholder, redact_head, redact_text
 
 DEFAULT_BUDGET = 4096
 # A long line is shortened so one minified bundle or JSON blob cannot eat the budget.
 LINE_CAP = 300
+# A line is kept at most this long between reading and packing: a job may hold thousands of 16 KB lines.
+KEPT_LINE_BYTES = 2 * LINE_CAP
 CONTEXT_BEFORE = 3
 # A pass through the exit marker keeps this many lines of the failing command's output.
 EXIT_WINDOW = 40
@@ -261,14 +263,16 @@ class Excerpter:
             self._teardown = False
         if not text.strip():
             return
-        self._history.append(line)
+        # Decisions read the whole line; what is kept for the excerpt is cut, so memory stays small.
+        kept = _kept(line)
+        self._history.append(kept)
         lower = text.lower()
         if "pass" in lower or "fail" in lower or " ok" in lower or "rerun" in lower:
             self._track_test_result(text)
         if ("exit" in lower or "fail" in lower or "error" in lower) and is_exit_marker(line):
             self._close_open()
-            self._add_exit_window(line)
-            self._recent.append(line)
+            self._add_exit_window(kept)
+            self._recent.append(kept)
             return
         score = line_score(text)
         if self.passing is not None and score and text in self.passing:
@@ -283,7 +287,7 @@ class Excerpter:
             and (line.number <= region.open_until or (_CONTINUATION.match(text) and score < 2.0))
             and len(region.lines) < MAX_REGION_LINES
         ):
-            region.lines.append(line)
+            region.lines.append(kept)
             region.verdict = region.verdict or score >= VERDICT_SCORE
             if score >= 2.0:
                 loose = loose_signature(text)
@@ -292,12 +296,12 @@ class Excerpter:
                     region.seen.add(loose)
                     region.weight += score / (1 + len(region.lines) / 8)
                 region.open_until = line.number + 2
-            self._recent.append(line)
+            self._recent.append(kept)
             return
         self._close_open()
         if score >= 2.0:
-            self._open_region(line, score)
-        self._recent.append(line)
+            self._open_region(kept, score)
+        self._recent.append(kept)
 
     def _hide_key_block(self, line: LogLine) -> LogLine:
         """Blank out every line of a private key, plain or base64-wrapped, which a line-by-line redactor
@@ -438,6 +442,17 @@ class Excerpter:
                         step=fill[-1].step, signature="fill", focus_end=True, final_score=-1.0)
             )
         return _pack(self._regions, self.budget, self._total, self._job_order)
+
+
+def _kept(line: LogLine) -> LogLine:
+    """The line as stored until packing: its start, redacted, within KEPT_LINE_BYTES.
+
+    Packing shows at most LINE_CAP bytes of a line, and scoring has read it whole already. Redacting
+    before the cut keeps a secret that the cut crosses from leaving as a piece too short to recognise.
+    """
+    if len(line.text) <= KEPT_LINE_BYTES // 4 or len(line.text.encode("utf-8")) <= KEPT_LINE_BYTES:
+        return line
+    return replace(line, text=_shorten(redact_head(line.text, KEPT_LINE_BYTES), KEPT_LINE_BYTES), truncated=True)
 
 
 def _shorten(text: str, cap: int) -> str:

@@ -18,6 +18,9 @@ BASE64_SECRET = "base64_secret"
 MIN_BASE64_RUN = 20
 # Quoted assignment values longer than this are matched word by word, which bounds regex backtracking.
 MAX_QUOTED_VALUE = 1024
+# What a rule may need to see past a cut to recognise a secret the cut crosses: more than its longest
+# bounded match (a URL's user and password, 1,282 characters); unbounded tokens are recognised by their start.
+CUT_LOOKAHEAD = 1536
 
 _Span = tuple[int, int, str]
 
@@ -184,6 +187,8 @@ _BASE64_ALPHABET = string.ascii_letters + string.digits + "+/"
 _BASE64_ALPHABET_AND_PADDING = frozenset(_BASE64_ALPHABET + "=")
 # Decoded text kept between lines, enough to hold a PEM marker that straddles two wrapped lines.
 _DECODED_TAIL = 80
+# Tools wrap base64 at 64 or 76 columns; a longer run is one whole line, which `_base64_spans` decodes alone.
+MAX_WRAPPED_LINE = 1024
 _LEADING_BASE64_RE = re.compile(r"\s*([A-Za-z0-9+/]+={0,2})")
 
 # Starts only where a run starts, so scanning a line costs one pass. Encoded text starts with a letter
@@ -220,6 +225,21 @@ def redact_stream(lines: Iterable[str]) -> Iterator[str]:
         yield from _redact_stream(lines)
     except Exception as exc:
         raise _failure(exc) from None
+
+
+def redact_head(line: str, keep: int) -> str:
+    """The redacted first `keep` characters of one line, for keeping a long line short.
+
+    The redactor reads CUT_LOOKAHEAD characters past the cut, so a secret the cut crosses is still
+    recognised; it is hidden whole, and nothing after it shows.
+    """
+    try:
+        window = line[: keep + CUT_LOOKAHEAD]
+        spans = _merge(next(_spans_by_line([window]))[1])
+    except Exception as exc:
+        raise _failure(exc) from None
+    end = max([keep, *(stop for start, stop, _ in spans if start < keep)])
+    return _apply(window[:end], [span for span in spans if span[0] < end])
 
 
 def contains_secret(text: str) -> bool:
@@ -280,7 +300,14 @@ class Base64KeyBlock:
             self._carry = self._tail = ""
             return None
         # The run of base64 that ends the line; the line is pure base64 when nothing but spaces precede it.
-        start = len(body.rstrip("=").rstrip(_BASE64_ALPHABET))
+        # Only the end of a long line is read: a run longer than any wrap width is not a wrapped line.
+        offset = max(len(body) - MAX_WRAPPED_LINE - 1, 0)
+        start = offset + len(body[offset:].rstrip("=").rstrip(_BASE64_ALPHABET))
+        if start == offset and offset:
+            if not self._in_key:
+                self._reset()
+                return None
+            start = len(body.rstrip("=").rstrip(_BASE64_ALPHABET))
         run = body[start:]
         pure = bool(run) and not body[:start].strip()
         if self._in_key:

@@ -20,6 +20,7 @@ from bot.adapters.github import (
     GitHubError,
     InstallationClient,
     LabelSpec,
+    RateLimited,
     WriteGate,
     app_jwt,
     run_blocking,
@@ -271,10 +272,15 @@ def test_a_reset_too_far_away_fails_fast_as_rate_limited(
     server.fail_next(
         r"/actions/runs/\d+$", 403, headers={"x-ratelimit-remaining": "0", "x-ratelimit-reset": str(reset)}
     )
-    with pytest.raises(GitHubError) as caught:
+    with pytest.raises(RateLimited) as caught:
         client.get_run(REPO, run["id"])
-    assert caught.value.rate_limited
+    assert caught.value.rate_limited and caught.value.reset_at == reset + 1
     assert sleeps == []
+
+    server.fail_next(r"/actions/runs/\d+$", 429, headers={"retry-after": "1200"})
+    with pytest.raises(RateLimited) as later:
+        client.get_run(REPO, run["id"])
+    assert later.value.reset_at == clock() + 1200
 
 
 def test_secondary_rate_limit_waits_a_minute_then_backs_off_and_gives_up(
@@ -290,7 +296,8 @@ def test_secondary_rate_limit_waits_a_minute_then_backs_off_and_gives_up(
     server.fail_next(r"/actions/runs/\d+$", 403, body=body, times=50)
     with pytest.raises(GitHubError) as caught:
         client.get_run(REPO, run["id"])
-    assert caught.value.rate_limited
+    # GitHub did not say when it lifts: an ordinary failure, retried like any other.
+    assert caught.value.rate_limited and not isinstance(caught.value, RateLimited)
     assert sleeps == [60.0, 120.0, 240.0, 480.0]
 
 

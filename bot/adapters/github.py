@@ -224,6 +224,15 @@ class GitHubError(Exception):
         super().__init__(f"GitHub {operation} failed ({status or 'no response'}): {detail}")
 
 
+class RateLimited(GitHubError):
+    """A rate limit that lifts later than one call may wait: the whole job can be run again at `reset_at`
+    (a Unix time), without counting this try as a failure."""
+
+    def __init__(self, operation: str, status: int | None, detail: str, reset_at: float) -> None:
+        super().__init__(operation, status, detail, rate_limited=True)
+        self.reset_at = reset_at
+
+
 # ---- resilience -------------------------------------------------------------------------------------
 
 
@@ -235,6 +244,10 @@ class RetryPolicy:
     server_error_wait: float = 1.0
     secondary_rate_limit_wait: float = 60.0
     max_wait: float = 15 * 60.0
+
+    def longest_call(self, timeout: float) -> float:
+        """Seconds one call can take before it returns or gives up: every try times out, every wait is capped."""
+        return self.attempts * timeout + (self.attempts - 1) * self.max_wait
 
 
 @dataclass(frozen=True)
@@ -284,6 +297,15 @@ class _Resilience:
         if _is_rate_limit(failure):
             return self.policy.secondary_rate_limit_wait * 2 ** (attempt - 1)
         return self.policy.server_error_wait * 2 ** (attempt - 1)
+
+    def lifts_at(self, failure: _Failure) -> float | None:
+        """When a rate limit lifts, as a Unix time, if GitHub said when; None for any other failure."""
+        dated = "retry-after" in failure.headers or (
+            failure.headers.get("x-ratelimit-remaining") == "0" and "x-ratelimit-reset" in failure.headers
+        )
+        if not (_is_rate_limit(failure) and dated):
+            return None
+        return self.clock() + self.wait_for(failure, 1)
 
     def run(self, fn: Callable[[], T], idempotent: bool) -> T:
         def retryable(exc: BaseException) -> bool:
@@ -496,7 +518,7 @@ class GitHubApp:
         try:
             return self.resilience.run(mint, idempotent=True)
         except (GithubException, requests.RequestException) as exc:
-            raise _as_error("mint installation token", exc, []) from None
+            raise _as_error("mint installation token", exc, [], self.resilience) from None
 
     def installation_token(self, installation_id: int) -> str:
         """A current token, e.g. for git over HTTPS. Never log it."""
@@ -509,7 +531,7 @@ class GitHubApp:
                 lambda: self._integration.get_repo_installation(owner, name), idempotent=True
             )
         except (GithubException, requests.RequestException) as exc:
-            raise _as_error("find installation", exc, []) from None
+            raise _as_error("find installation", exc, [], self.resilience) from None
         return int(installation.id)
 
     def client(self, installation_id: int) -> InstallationClient:
@@ -580,9 +602,14 @@ class TokenAccess:
         self.close()
 
 
-def _as_error(operation: str, exc: BaseException, secrets: Iterable[str]) -> GitHubError:
+def _as_error(
+    operation: str, exc: BaseException, secrets: Iterable[str], resilience: _Resilience
+) -> GitHubError:
     failure = _failure(exc) or _Failure(None, {}, type(exc).__name__)
     detail = _scrub(failure.message or "no message", secrets)
+    reset_at = resilience.lifts_at(failure)
+    if reset_at is not None:
+        return RateLimited(operation, failure.status, detail, reset_at)
     return GitHubError(operation, failure.status, detail, rate_limited=_is_rate_limit(failure))
 
 
@@ -607,6 +634,11 @@ class InstallationClient:
             seconds_between_writes=None,
         )
 
+    @property
+    def longest_call(self) -> float:
+        """Seconds one operation can block, retries included (a new token after a 401 aside)."""
+        return self.app.resilience.policy.longest_call(self.app.timeout)
+
     # -- plumbing --
 
     def _call(self, operation: str, fn: Callable[[], T], idempotent: bool = True) -> T:
@@ -620,7 +652,7 @@ class InstallationClient:
                 self.app.tokens.invalidate(self.installation_id)
                 result = self.app.resilience.run(fn, idempotent)
         except (GithubException, requests.RequestException, httpx.TransportError) as exc:
-            error = _as_error(operation, exc, self.app.tokens.known())
+            error = _as_error(operation, exc, self.app.tokens.known(), self.app.resilience)
             self._report(operation, error.status, exc)
             raise error from None
         self._report(operation, None, None)

@@ -11,7 +11,7 @@ from datetime import datetime, timedelta
 
 from bot.adapters.github import Annotation as GhAnnotation
 from bot.adapters.github import Comment, InstallationClient
-from bot.adapters.store import Store
+from bot.adapters.store import EffectRecord, Store
 from bot.core import templates
 from bot.core.render import marker
 from bot.plan import CheckRunStep, ConfigProblemIssue, IncidentIssue, Step, StickyComment
@@ -20,8 +20,8 @@ from bot.policy.repo_config import RepoConfig
 
 log = logging.getLogger(__name__)
 
-#: A claim another delivery made this recently may still be in progress in another process.
-CLAIM_TIMEOUT = timedelta(minutes=2)
+#: Added to the longest a GitHub call can block, for the work around the call.
+CLAIM_MARGIN = timedelta(minutes=5)
 
 
 class EffectBusy(RuntimeError):
@@ -85,6 +85,8 @@ class Executor:
         self.bot_login = bot_login
         self.locks = locks
         self.rate = rate or RateGate(store, clock)
+        #: How long a claim made outside the queue (no lease to renew) is trusted to be in progress.
+        self.claim_timeout = timedelta(seconds=client.longest_call) + CLAIM_MARGIN
 
     def run(self, steps: Sequence[Step]) -> list[Done]:
         # One at a time, in plan order: SECURITY item 9 wants writes serialised anyway.
@@ -104,7 +106,7 @@ class Executor:
     def _claim(self, key: str, kind: str, repository: str) -> str | None:
         """Claim `key`. Returns None when we may act, or the target when the work is already done.
 
-        Raises EffectBusy when another delivery claimed it moments ago and may still be acting.
+        Raises EffectBusy when another delivery holds the claim and may still be acting on it.
         """
         now = self.clock()
         if self.store.record_effect(
@@ -115,9 +117,22 @@ class Executor:
         assert effect is not None
         if effect.completed:
             return effect.target or ""
-        if effect.delivery_id != self.delivery_id and now - effect.created_at < CLAIM_TIMEOUT:
+        if effect.delivery_id == self.delivery_id:
+            return None
+        if self._still_acting(effect, now):
             raise EffectBusy(f"side effect {key} is being carried out by delivery {effect.delivery_id}")
+        # Re-stamp the claim so the holder, should it come back, sees it is no longer its own.
+        if not self.store.take_over_effect(key, holder=effect.delivery_id, delivery_id=self.delivery_id, now=now):
+            raise EffectBusy(f"side effect {key} was just taken over by another delivery")
         return None
+
+    def _still_acting(self, effect: EffectRecord, now: datetime) -> bool:
+        """Whether the delivery that claimed the effect may still be acting on it."""
+        holder = self.store.get_delivery(effect.delivery_id) if effect.delivery_id else None
+        if holder is not None:
+            # A queued delivery renews its lease while it works, however long one GitHub call blocks.
+            return holder.held(now)
+        return now - effect.created_at < self.claim_timeout
 
     def _complete(self, key: str, target: str) -> None:
         self.store.complete_effect(key, target=target, now=self.clock())

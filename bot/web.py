@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
-from datetime import timedelta
 
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
@@ -14,7 +13,7 @@ from prometheus_client import CollectorRegistry
 from starlette.concurrency import run_in_threadpool
 
 from bot.adapters.queue import QueueUnavailable, requeue_unfinished
-from bot.adapters.store import FINISHED, DeliveryStatus, StoreUnavailable
+from bot.adapters.store import DELIVERY_LEASE, FINISHED, DeliveryStatus, StoreUnavailable
 from bot.events import DELIVERY_HEADER, EVENT_HEADER, UNSTORED_EVENTS, Event, IntakeError, event_from_http
 from bot.metrics import CONTENT_TYPE
 from bot.settings import Settings, load_settings
@@ -24,8 +23,9 @@ log = logging.getLogger(__name__)
 
 #: How often the in-process worker looks for deliveries that were stored but never queued or finished.
 SWEEP_INTERVAL_SECONDS = 60.0
-#: A delivery untouched this long is presumed lost by its worker (or never queued) and is queued again.
-SWEEP_AGE = timedelta(minutes=15)
+#: A delivery untouched this long is presumed lost by its worker (or never queued) and is queued again: a
+#: worker renews the lease of the delivery in hand far more often than this.
+SWEEP_AGE = DELIVERY_LEASE
 
 
 def _printable(value: str | None, limit: int = 100) -> str:

@@ -10,13 +10,13 @@ from typing import Any
 
 import pytest
 
-from bot.adapters.github import GitHubApp, InstallationClient
-from bot.adapters.store import Store, migrate
+from bot.adapters.github import GitHubApp, InstallationClient, RetryPolicy
+from bot.adapters.store import DELIVERY_LEASE, DeliveryStatus, Store, migrate
 from bot.core.excerpt import Excerpter
 from bot.core.logs import parse_lines
 from bot.core.render import marker
 from bot.diagnosers import OfflineDiagnoser
-from bot.executor import CLAIM_TIMEOUT, EffectBusy, Executor, KeyedLocks
+from bot.executor import EffectBusy, Executor, KeyedLocks
 from bot.plan import (
     CheckRunStep,
     ConfigProblemIssue,
@@ -215,11 +215,60 @@ def test_a_claim_another_worker_just_made_means_retry_later(
     store.record_effect(step.key, kind="issue", repository=REPO, now=NOW, delivery_id="other")
     with pytest.raises(EffectBusy):
         executor(client, store).run([step])
+    # The holder has no lease to renew, so its claim holds for as long as one GitHub call can block.
+    patient = executor(client, store, "d-2")
+    assert patient.claim_timeout > timedelta(seconds=RetryPolicy().max_wait + 60)
+    almost = NOW + patient.claim_timeout - timedelta(seconds=1)
+    with pytest.raises(EffectBusy):
+        executor(client, store, "d-2", now=almost).run([issue_step(run_id=101)])
     assert not fake.repo(REPO).issues
     # A claim that old was left by a worker that died: take it over.
-    later = NOW + CLAIM_TIMEOUT + timedelta(seconds=1)
-    [done] = executor(client, store, "d-2", now=later).run([step])
+    later = NOW + patient.claim_timeout + timedelta(seconds=1)
+    [done] = executor(client, store, "d-3", now=later).run([issue_step(run_id=102)])
     assert done.action == "created" and len(fake.repo(REPO).issues) == 1
+    effect = store.get_effect(step.key)
+    assert effect is not None and effect.delivery_id == "d-3"
+    store.close()
+
+
+def save_delivery(store: Store, delivery_id: str, running_since: datetime) -> None:
+    store.save_delivery(delivery_id, event="workflow_run", action="completed", installation_id=INSTALLATION,
+                        repository=REPO, payload="{}", now=running_since)
+    assert store.start_delivery(delivery_id, now=running_since) is not None
+
+
+def test_a_claim_is_held_while_its_delivery_renews_its_lease(
+    fake: FakeGitHubServer, client: InstallationClient, url: str
+) -> None:
+    step = issue_step()
+    store = Store(url)
+    save_delivery(store, "holder", NOW)
+    store.record_effect(step.key, kind="issue", repository=REPO, now=NOW, delivery_id="holder")
+    # Hours later, but the holder's worker is still renewing its lease (one GitHub call may block long).
+    hours_later = NOW + timedelta(hours=3)
+    assert store.touch_delivery("holder", now=hours_later - DELIVERY_LEASE / 2)
+    with pytest.raises(EffectBusy):
+        executor(client, store, "d-2", now=hours_later).run([step])
+    assert not fake.repo(REPO).issues
+    # The worker died: once the lease lapses the claim is taken over at once.
+    lapsed = hours_later + DELIVERY_LEASE
+    [done] = executor(client, store, "d-3", now=lapsed).run([issue_step(run_id=101)])
+    assert done.action == "created" and len(fake.repo(REPO).issues) == 1
+    store.close()
+
+
+def test_a_claim_of_a_delivery_that_stopped_is_taken_over_at_once(
+    fake: FakeGitHubServer, client: InstallationClient, url: str
+) -> None:
+    step = issue_step()
+    store = Store(url)
+    save_delivery(store, "holder", NOW)
+    store.record_effect(step.key, kind="issue", repository=REPO, now=NOW, delivery_id="holder")
+    store.mark_delivery("holder", DeliveryStatus.FAILED, now=NOW, error="boom")
+    [done] = executor(client, store, "d-2").run([step])
+    assert done.action == "created" and len(fake.repo(REPO).issues) == 1
+    effect = store.get_effect(step.key)
+    assert effect is not None and (effect.delivery_id, effect.completed) == ("d-2", True)
     store.close()
 
 

@@ -6,15 +6,17 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
 from huey import RedisHuey, SqliteHuey
 
+from bot.adapters.github import GitHubApp, InstallationClient, RetryPolicy
 from bot.adapters.queue import Queue, QueueUnavailable, make_huey, requeue_unfinished, sqlite_queue_path
-from bot.adapters.store import DeliveryStatus, Store, migrate
+from bot.adapters.store import DELIVERY_LEASE, DeliveryStatus, Store, migrate
+from tests.app_support import APP_ID, INSTALLATION, REPO, fake_github, rsa_keys
 
 if TYPE_CHECKING:
     from tests.servers import RedisServer
@@ -274,3 +276,119 @@ def test_a_signed_queue_drops_tasks_it_did_not_sign(backend: Backend, store: Sto
     run_until(worker, lambda: status(store, "genuine") is DeliveryStatus.DONE)
     assert handler.calls == ["genuine"]
     assert status(store, "forged") is DeliveryStatus.PENDING
+
+
+class RateLimitedOnce:
+    """A handler that reads a run through the real GitHub adapter; the fake server rate-limits the first try."""
+
+    def __init__(self, client: InstallationClient, run_id: int) -> None:
+        self.client = client
+        self.run_id = run_id
+        self.calls: list[float] = []
+
+    def __call__(self, delivery_id: str) -> DeliveryStatus | None:
+        self.calls.append(time.time())
+        self.client.get_run(REPO, self.run_id)
+        return None
+
+
+def test_a_rate_limit_that_resets_later_postpones_the_delivery_without_spending_an_attempt(
+    backend: Backend, store: Store
+) -> None:
+    fake = fake_github()
+    app = GitHubApp(APP_ID, rsa_keys()[0], fake.api_url, retry=RetryPolicy(max_wait=0.5))
+    try:
+        run = fake.add_run(REPO)
+        reset = int(time.time()) + 2
+        # Further away than one call may wait (max_wait), so the call gives up at once.
+        fake.fail_next(r"/actions/runs/\d+$", 403,
+                       headers={"x-ratelimit-remaining": "0", "x-ratelimit-reset": str(reset)})
+        save(store, "d-1")
+        handler = RateLimitedOnce(app.client(INSTALLATION), run["id"])
+        # A single attempt allowed: a rate limit must not use it up.
+        queue = backend.queue(store, retry_delay=0, max_attempts=1)
+        queue.register(handler)
+        queue.enqueue("d-1")
+
+        consumer = queue.start_consumer()
+        try:
+            # Back to pending, and in huey's schedule for after the reset.
+            wait_for(lambda: len(handler.calls) == 1 and status(store, "d-1") is DeliveryStatus.PENDING
+                     and queue.waiting() == {"d-1"})
+            postponed = store.get_delivery("d-1")
+            assert postponed is not None and postponed.attempts == 0
+            assert postponed.last_error is not None and "rate limit" in postponed.last_error
+            wait_for(lambda: status(store, "d-1") is DeliveryStatus.DONE)
+        finally:
+            consumer.stop(graceful=True)
+    finally:
+        app.close()
+        fake.stop()
+    done = store.get_delivery("d-1")
+    assert done is not None and (done.attempts, done.last_error) == (1, None)
+    assert len(handler.calls) == 2 and handler.calls[1] >= reset
+
+
+class Blocking:
+    """A handler that works until released, like one waiting out a long GitHub call."""
+
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+        self.release = threading.Event()
+
+    def __call__(self, delivery_id: str) -> DeliveryStatus | None:
+        self.calls.append(delivery_id)
+        assert self.release.wait(10)
+        return None
+
+
+def test_a_delivery_in_hand_keeps_its_lease_and_is_not_run_twice(backend: Backend, store: Store) -> None:
+    save(store, "d-1")
+    handler = Blocking()
+    queue = Queue(make_huey(backend.queue_url, backend.sqlite_path), store, poll_interval=0.05,
+                  lease=timedelta(seconds=1), heartbeat=0.1)
+    queue.register(handler)
+    queue.enqueue("d-1")
+    consumer = queue.start_consumer(workers=2)
+    try:
+        wait_for(lambda: handler.calls == ["d-1"])
+        started = store.get_delivery("d-1")
+        assert started is not None
+        # The same delivery again (a sweep, a redelivery) while the first worker is still at it.
+        queue.enqueue("d-1")
+        time.sleep(2.5)  # more than twice the lease
+        renewed = store.get_delivery("d-1")
+        assert renewed is not None and renewed.updated_at > started.updated_at + timedelta(seconds=1.5)
+        assert handler.calls == ["d-1"] and renewed.attempts == 1
+        assert requeue_unfinished(store, queue) == []
+        handler.release.set()
+        wait_for(lambda: status(store, "d-1") is DeliveryStatus.DONE)
+        wait_for(lambda: queue.depth() == 0)  # the deferred copy ran, saw it finished and stopped
+    finally:
+        handler.release.set()
+        consumer.stop(graceful=True)
+    assert handler.calls == ["d-1"]
+
+
+def test_the_sweep_leaves_a_live_lease_alone_and_takes_over_a_lapsed_one(
+    backend: Backend, store: Store
+) -> None:
+    now = datetime.now(UTC)
+    for delivery_id in ("live", "lapsed"):
+        save(store, delivery_id)
+    store.start_delivery("live", now=now - DELIVERY_LEASE / 2)
+    store.start_delivery("lapsed", now=now - DELIVERY_LEASE - timedelta(seconds=1))
+    handler = Recorder()
+    queue = backend.queue(store)
+    queue.register(handler)
+
+    assert requeue_unfinished(store, queue) == ["lapsed"]
+    # The live one is only looked at again when its lease would end, in case its worker dies.
+    assert queue.waiting() == {"live", "lapsed"}
+    [deferred] = [task for task in queue.huey.pending() if task.args == ("live",)]
+    lease_end = now - DELIVERY_LEASE / 2 + DELIVERY_LEASE
+    assert abs(deferred.eta.replace(tzinfo=UTC) - lease_end) < timedelta(seconds=1)
+    assert requeue_unfinished(store, queue, older_than=now - DELIVERY_LEASE) == []
+    run_until(queue, lambda: status(store, "lapsed") is DeliveryStatus.DONE)
+    assert handler.calls == ["lapsed"]
+    assert status(store, "live") is DeliveryStatus.RUNNING

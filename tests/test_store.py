@@ -15,6 +15,7 @@ from alembic.migration import MigrationContext
 
 from bot.adapters.store import (
     DEFAULT_MAX_ATTEMPTS,
+    DELIVERY_LEASE,
     Base,
     DeliveryStatus,
     Store,
@@ -132,6 +133,70 @@ def test_unfinished_deliveries_are_those_a_restart_must_pick_up(store: Store) ->
     assert store.unfinished_deliveries(older_than=NOW + timedelta(minutes=10)) == ["d-0", "d-1", "d-2"]
     more_attempts = store.unfinished_deliveries(max_attempts=DEFAULT_MAX_ATTEMPTS + 1)
     assert more_attempts == ["d-0", "d-1", "d-2", "d-3", "d-6"]
+
+
+def test_a_delivery_is_started_by_one_worker_until_its_lease_lapses(store: Store) -> None:
+    save(store, "d-1")
+    started = store.start_delivery("d-1", now=NOW)
+    assert started is not None and (started.status, started.attempts) == (DeliveryStatus.RUNNING, 1)
+    assert started.held(NOW + DELIVERY_LEASE - timedelta(seconds=1))
+    # A second worker, even much later, is refused while the first renews the lease.
+    renewed = NOW + timedelta(hours=1)
+    assert store.touch_delivery("d-1", now=renewed)
+    assert store.start_delivery("d-1", now=renewed + DELIVERY_LEASE - timedelta(seconds=1)) is None
+    # Its worker died: the lease lapses and another worker takes it, counting a new attempt.
+    retaken = store.start_delivery("d-1", now=renewed + DELIVERY_LEASE)
+    assert retaken is not None and retaken.attempts == 2
+    store.mark_delivery("d-1", DeliveryStatus.DONE, now=renewed + DELIVERY_LEASE)
+    assert store.start_delivery("d-1", now=renewed + timedelta(days=1)) is None
+    assert not store.touch_delivery("d-1", now=renewed + timedelta(days=1))  # finished: nothing to renew
+    assert store.start_delivery("missing", now=NOW) is None
+
+
+def test_two_workers_racing_to_start_a_delivery_start_it_once(store_url: str, store: Store) -> None:
+    save(store, "d-1")
+    stores = [Store(store_url) for _ in range(4)]
+    barrier = threading.Barrier(len(stores))
+    started: list[bool] = []
+
+    def start(other: Store) -> None:
+        barrier.wait()
+        started.append(other.start_delivery("d-1", now=NOW) is not None)
+
+    threads = [threading.Thread(target=start, args=(other,)) for other in stores]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    for other in stores:
+        other.close()
+    assert sorted(started) == [False, False, False, True]
+
+
+def test_a_postponed_delivery_is_pending_again_without_spending_an_attempt(store: Store) -> None:
+    save(store, "d-1")
+    store.start_delivery("d-1", now=NOW)
+    later = NOW + timedelta(minutes=1)
+    postponed = store.postpone_delivery("d-1", now=later, reason="rate limited until 13:00")
+    assert (postponed.status, postponed.attempts, postponed.last_error) == (
+        DeliveryStatus.PENDING, 0, "rate limited until 13:00")
+    assert postponed.updated_at == later and not postponed.held(later)
+    with pytest.raises(KeyError):
+        store.postpone_delivery("missing", now=later, reason="x")
+
+
+def test_an_unfinished_claim_is_taken_over_once_and_only_from_its_holder(store: Store) -> None:
+    store.record_effect("issue:x", kind="issue", repository="octo/app", now=NOW, delivery_id="dead")
+    assert not store.take_over_effect("issue:x", holder="someone-else", delivery_id="d-2", now=NOW)
+    later = NOW + timedelta(minutes=1)
+    assert store.take_over_effect("issue:x", holder="dead", delivery_id="d-2", now=later)
+    assert not store.take_over_effect("issue:x", holder="dead", delivery_id="d-3", now=later)
+    effect = store.get_effect("issue:x")
+    assert effect is not None and (effect.delivery_id, effect.created_at) == ("d-2", later)
+    store.complete_effect("issue:x", target="12", now=later)
+    assert not store.take_over_effect("issue:x", holder="d-2", delivery_id="d-3", now=later)
+    store.record_effect("issue:y", kind="issue", repository="octo/app", now=NOW)
+    assert store.take_over_effect("issue:y", holder=None, delivery_id="d-3", now=later)
 
 
 def test_prune_keeps_every_delivery_for_three_days(store: Store) -> None:

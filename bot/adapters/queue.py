@@ -3,18 +3,30 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
-from datetime import UTC, datetime
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import redis
 from huey import Huey, RedisHuey, SqliteHuey
+from huey.api import TaskWrapper
 from huey.consumer import Consumer
+from huey.exceptions import RetryTask
 from huey.serializer import SignedSerializer
 from sqlalchemy.engine import make_url
 
-from bot.adapters.store import DEFAULT_MAX_ATTEMPTS, FINISHED, DeliveryStatus, Store
+from bot.adapters.github import RateLimited
+from bot.adapters.store import (
+    DEFAULT_MAX_ATTEMPTS,
+    DELIVERY_LEASE,
+    FINISHED,
+    DeliveryStatus,
+    Store,
+    StoreUnavailable,
+)
 
 log = logging.getLogger(__name__)
 
@@ -22,6 +34,10 @@ QUEUE_NAME = "mendbot"
 REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
 SQLITE_PREFIX = "sqlite:///"
 MAX_ERROR_CHARS = 2000
+#: How often a worker renews the lease of the delivery in hand: a missed renewal or two keeps the lease.
+HEARTBEAT_SECONDS = 5.0
+#: GitHub's primary rate limits reset every hour; a reset said to be further away is not believed.
+MAX_RATE_LIMIT_WAIT = timedelta(hours=2)
 
 #: Called with a delivery id; may return IGNORED to say the delivery needed no work. Raising means the
 #: attempt failed and should be retried, so the handler must be idempotent (see the side-effect ledger).
@@ -83,18 +99,26 @@ class Queue:
     A delivery is marked running before the handler, done (or ignored) only after it returned, and
     failed with the error if it raised; huey then retries it after `retry_delay` seconds, doubling the
     delay each time, for `max_attempts` attempts in all. A delivery already finished is not run again.
+
+    While the handler works, the delivery's lease is renewed every `heartbeat` seconds; a delivery that
+    another worker holds under a live lease is not run, but looked at again when that lease would end.
+    A GitHub rate limit that lifts later than a call may wait puts the delivery back to pending and runs
+    it again after the reset, without counting the attempt.
     """
 
     def __init__(self, huey: Huey, store: Store, *, max_attempts: int = DEFAULT_MAX_ATTEMPTS,
                  retry_delay: float = 30.0, poll_interval: float = 1.0,
-                 clock: Callable[[], datetime] = _utc_now) -> None:
+                 clock: Callable[[], datetime] = _utc_now, lease: timedelta = DELIVERY_LEASE,
+                 heartbeat: float = HEARTBEAT_SECONDS) -> None:
         self.huey = huey
         self.store = store
         self.max_attempts = max_attempts
         self.retry_delay = retry_delay
         self.poll_interval = poll_interval
         self.clock = clock
-        self._task: Callable[[str], object] | None = None
+        self.lease = lease
+        self.heartbeat = heartbeat
+        self._task: TaskWrapper | None = None
 
     def register(self, handler: Handler) -> None:
         if self._task is not None:
@@ -110,16 +134,20 @@ class Queue:
         self._task = register(process_delivery)
 
     def _process(self, handler: Handler, delivery_id: str) -> None:
-        delivery = self.store.get_delivery(delivery_id)
-        if delivery is None:
-            log.warning("delivery %s is not in the store; nothing to do", delivery_id)
+        if self.store.start_delivery(delivery_id, now=self.clock(), lease=self.lease) is None:
+            self._not_started(delivery_id)
             return
-        if delivery.status in FINISHED:
-            log.info("delivery %s is already %s; not running it again", delivery_id, delivery.status)
-            return
-        self.store.mark_delivery(delivery_id, DeliveryStatus.RUNNING, now=self.clock())
         try:
-            outcome = handler(delivery_id)
+            with self._renewing_lease(delivery_id):
+                outcome = handler(delivery_id)
+        except RateLimited as limited:
+            now = self.clock()
+            resume = min(datetime.fromtimestamp(limited.reset_at, UTC), now + MAX_RATE_LIMIT_WAIT)
+            reason = f"waiting for GitHub's rate limit to reset at {resume:%H:%M:%S} UTC: {limited}"
+            self.store.postpone_delivery(delivery_id, now=now, reason=reason[:MAX_ERROR_CHARS])
+            log.warning("delivery %s: %s", delivery_id, reason)
+            # huey runs it again at `eta` and leaves its retry count alone.
+            raise RetryTask(eta=resume) from limited
         except Exception as error:
             reason = f"{type(error).__name__}: {error}"[:MAX_ERROR_CHARS]
             self.store.mark_delivery(delivery_id, DeliveryStatus.FAILED, now=self.clock(), error=reason)
@@ -127,11 +155,46 @@ class Queue:
         finished = DeliveryStatus.IGNORED if outcome is DeliveryStatus.IGNORED else DeliveryStatus.DONE
         self.store.mark_delivery(delivery_id, finished, now=self.clock())
 
-    def enqueue(self, delivery_id: str) -> None:
+    def _not_started(self, delivery_id: str) -> None:
+        delivery = self.store.get_delivery(delivery_id)
+        if delivery is None:
+            log.warning("delivery %s is not in the store; nothing to do", delivery_id)
+        elif delivery.status in FINISHED:
+            log.info("delivery %s is already %s; not running it again", delivery_id, delivery.status)
+        else:
+            # Another worker holds it. If that worker dies, its lease runs out and this task takes over.
+            log.info("delivery %s is being processed by another worker; looking again later", delivery_id)
+            raise RetryTask(eta=delivery.updated_at + self.lease)
+
+    @contextmanager
+    def _renewing_lease(self, delivery_id: str) -> Iterator[None]:
+        """Renew the delivery's lease from a background thread, since one GitHub call may block for minutes."""
+        stop = threading.Event()
+
+        def renew() -> None:
+            while not stop.wait(self.heartbeat):
+                try:
+                    self.store.touch_delivery(delivery_id, now=self.clock())
+                except StoreUnavailable as down:
+                    log.warning("cannot renew the lease of delivery %s: %s", delivery_id, down)
+
+        thread = threading.Thread(target=renew, name=f"lease-{delivery_id}", daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            thread.join()
+
+    def enqueue(self, delivery_id: str, at: datetime | None = None) -> None:
+        """Queue the delivery to run now, or at `at`."""
         if self._task is None:
             raise RuntimeError("register a delivery handler before enqueueing")
         try:
-            self._task(delivery_id)
+            if at is None:
+                self._task(delivery_id)
+            else:
+                self._task.schedule(args=(delivery_id,), eta=at)
         except (redis.RedisError, OSError) as error:
             raise QueueUnavailable(f"cannot enqueue delivery {delivery_id}: {error}") from error
 
@@ -171,17 +234,25 @@ class Queue:
 
 
 def requeue_unfinished(store: Store, queue: Queue, *, older_than: datetime | None = None) -> list[str]:
-    """Enqueue the deliveries a crash or an outage left unfinished; returns their ids.
+    """Enqueue the deliveries a crash or an outage left unfinished; returns the ids queued to run now.
 
     Run it at startup. Deliveries already waiting in the queue are left alone; one that is enqueued
-    twice anyway (the web process enqueueing it at that moment) is skipped once it is finished.
+    twice anyway (the web process enqueueing it at that moment) is skipped once it is finished. A running
+    delivery whose lease is live belongs to a worker that is still at it: it is only scheduled for when
+    that lease would end, in case the worker dies, and is run then only if the lease really lapsed.
     """
     waiting = queue.waiting()
+    now = queue.clock()
     requeued = []
     for delivery_id in store.unfinished_deliveries(older_than=older_than, max_attempts=queue.max_attempts):
-        if delivery_id not in waiting:
-            queue.enqueue(delivery_id)
-            requeued.append(delivery_id)
+        if delivery_id in waiting:
+            continue
+        delivery = store.get_delivery(delivery_id)
+        if delivery is not None and delivery.held(now, queue.lease):
+            queue.enqueue(delivery_id, at=delivery.updated_at + queue.lease)
+            continue
+        queue.enqueue(delivery_id)
+        requeued.append(delivery_id)
     if requeued:
         log.info("requeued %d unfinished deliveries", len(requeued))
     return requeued

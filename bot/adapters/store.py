@@ -24,6 +24,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    case,
     create_engine,
     delete,
     event,
@@ -42,6 +43,9 @@ from sqlalchemy.types import TypeDecorator
 DELIVERY_RETENTION = timedelta(days=3)
 #: How many times a delivery is tried before it is left alone as failed.
 DEFAULT_MAX_ATTEMPTS = 5
+#: A running delivery whose worker renewed it this recently is still held by that worker. Short, so the work
+#: of a killed worker is taken up soon after a restart; workers renew it every few seconds.
+DELIVERY_LEASE = timedelta(seconds=20)
 #: Lets the web process and the worker wait for each other's SQLite write lock instead of failing.
 SQLITE_BUSY_TIMEOUT_SECONDS = 30
 _MIGRATION_LOCK_ID = 0x6D656E64  # any constant; serialises concurrent `migrate` runs on PostgreSQL
@@ -173,6 +177,10 @@ class DeliveryRecord:
     last_error: str | None
     received_at: datetime
     updated_at: datetime
+
+    def held(self, now: datetime, lease: timedelta = DELIVERY_LEASE) -> bool:
+        """Whether a live worker is processing it: running, and refreshed within the lease."""
+        return self.status is DeliveryStatus.RUNNING and now - self.updated_at < lease
 
 
 @dataclass(frozen=True)
@@ -383,6 +391,42 @@ class Store:
             assert row is not None
             return self._delivery_record(row)
 
+    def start_delivery(self, delivery_id: str, *, now: datetime,
+                       lease: timedelta = DELIVERY_LEASE) -> DeliveryRecord | None:
+        """Take the delivery for one attempt: mark it running and count the attempt, in one statement so two
+        workers cannot both take it. None when it is missing, finished, or held by a worker under its lease."""
+        held = (Delivery.status == DeliveryStatus.RUNNING.value) & (Delivery.updated_at > now - lease)
+        finished = Delivery.status.in_([status.value for status in FINISHED])
+        statement = update(Delivery).where(Delivery.delivery_id == delivery_id, ~finished, ~held).values(
+            status=DeliveryStatus.RUNNING.value, attempts=Delivery.attempts + 1, updated_at=now)
+        with self._session() as session:
+            if not _affected(session, statement, Delivery.delivery_id):
+                return None
+            row = session.get(Delivery, delivery_id, populate_existing=True)
+            assert row is not None
+            return self._delivery_record(row)
+
+    def touch_delivery(self, delivery_id: str, *, now: datetime) -> bool:
+        """Renew the lease of a running delivery; False when it is no longer running."""
+        statement = update(Delivery).where(
+            Delivery.delivery_id == delivery_id, Delivery.status == DeliveryStatus.RUNNING.value,
+        ).values(updated_at=now)
+        with self._session() as session:
+            return bool(_affected(session, statement, Delivery.delivery_id))
+
+    def postpone_delivery(self, delivery_id: str, *, now: datetime, reason: str) -> DeliveryRecord:
+        """Put a running delivery back to pending without counting the attempt it was in: it waited on
+        something outside it (a rate limit) and did not fail."""
+        statement = update(Delivery).where(Delivery.delivery_id == delivery_id).values(
+            status=DeliveryStatus.PENDING.value, attempts=case((Delivery.attempts > 0, Delivery.attempts - 1), else_=0),
+            last_error=reason, updated_at=now)
+        with self._session() as session:
+            if not _affected(session, statement, Delivery.delivery_id):
+                raise KeyError(f"no delivery {delivery_id!r}")
+            row = session.get(Delivery, delivery_id, populate_existing=True)
+            assert row is not None
+            return self._delivery_record(row)
+
     def unfinished_deliveries(self, *, older_than: datetime | None = None,
                               max_attempts: int = DEFAULT_MAX_ATTEMPTS, limit: int = 1000) -> list[str]:
         """Ids of deliveries to (re)process, oldest first: pending, running (its worker died) and failed
@@ -474,6 +518,16 @@ class Store:
             statement = update(SideEffect).where(SideEffect.key == key).values(values)
             if not _affected(session, statement, SideEffect.key):
                 raise KeyError(f"side effect {key!r} was never claimed")
+
+    def take_over_effect(self, key: str, *, holder: str | None, delivery_id: str, now: datetime) -> bool:
+        """Move an unfinished claim from `holder`, which stopped working on it, to `delivery_id`. False when
+        the claim is finished or no longer the holder's: someone else took it over first."""
+        held_by = SideEffect.delivery_id.is_(None) if holder is None else SideEffect.delivery_id == holder
+        statement = update(SideEffect).where(
+            SideEffect.key == key, SideEffect.completed_at.is_(None), held_by,
+        ).values(delivery_id=delivery_id, created_at=now)
+        with self._session() as session:
+            return bool(_affected(session, statement, SideEffect.key))
 
     def get_effect(self, key: str) -> EffectRecord | None:
         with self._session() as session:

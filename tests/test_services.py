@@ -559,3 +559,40 @@ def test_a_hostile_log_line_is_inert_in_the_comment_and_the_check_run(world: Wor
         prose = re.sub(r"```text\n.*?\n```|(`+).+?\1", "", body, flags=re.S)
         assert "<h3>" not in prose and "<a " not in prose and prose.count("<sub>") == 1
         assert "](https://evil" not in prose and "![" not in prose and "&lt;sub&gt;" in prose
+
+
+def test_an_issue_someone_else_planted_the_fingerprint_in_is_left_alone(world: World, tmp_path: Path) -> None:
+    world.config(MEDIUM_CONFIG)
+    world.handle(world.failed_run(), "d-1")
+    [ours] = world.issues
+    marker = re.search(r"<!-- mendbot:fingerprint=([0-9a-f]{16}) -->", ours["body"])
+    assert marker
+    # Mallory copies the hidden marker into a newer issue of her own; then Mendbot loses its database.
+    planted = world.fake.add_issue(
+        REPO, "Read me", body=f"[fix](https://evil.example)\n{marker.group(0)}", labels=["mendbot"],
+        user="mallory",
+    )
+    (tmp_path / "new").mkdir()
+    fresh = make_world(tmp_path / "new", world.fake)
+    try:
+        fresh.config(MEDIUM_CONFIG)
+        assert fresh.handle(fresh.failed_run(), "d-2") is Outcome.DONE
+        incident = fresh.store.get_incident(REPO, marker.group(1))
+        assert incident is not None and incident.issue_number == ours["number"]
+    finally:
+        fresh.store.close()
+    assert planted["body"].startswith("[fix](https://evil.example)")
+    assert [issue["number"] for issue in world.issues] == [ours["number"], planted["number"]]
+
+
+def test_a_fork_run_on_a_same_named_branch_is_not_the_green_run(world: World) -> None:
+    green = world.green_run()
+    fork = world.fake.add_run(
+        REPO, head_branch="master", conclusion="success", event="pull_request",
+        head_repository="mallory/octo-repo",
+    )
+    world.fake.add_job(REPO, fork["id"], name="build", conclusion="success", log=GRADLE_PASS_LOG)
+    world.handle(world.failed_run())
+    green_jobs = {j["id"]: j["run_id"] for j in world.fake.repo(REPO).jobs.values()}
+    read = {green_jobs[int(r.path.split("/")[-2])] for r in world.fake.requests_to(r"/actions/jobs/\d+/logs$")}
+    assert green["id"] in read and fork["id"] not in read

@@ -459,6 +459,38 @@ def _rule(**fields: str) -> str:
     return "[[rule]]\n" + "\n".join(f"{name} = {json.dumps(value)}" for name, value in base.items())
 
 
+def test_a_catastrophic_repository_rule_times_out_and_classification_goes_on() -> None:
+    evil = load_rules(_rule(id="evil", pattern="(a+)+$"))
+    lines = [(1, "a" * 300 + "!"), (2, "##[error]The action 'Test' has timed out after 360 minutes.")]
+    started = time.perf_counter()
+
+    result = classify(lines, merge_rules(evil, default_rules()))
+
+    assert time.perf_counter() - started < 1.0
+    assert result.rule_id == "timeout-step-limit"
+    assert result.timed_out_rules == ("evil",)
+
+
+def test_many_catastrophic_rules_cost_a_bounded_time() -> None:
+    # Half of them have a literal, so they are searched line by line rather than over the whole text.
+    patterns = ["(a+)+$", "aaa(a+)+$"] * 10
+    evil = load_rules("\n".join(_rule(id=f"evil-{n}", pattern=pattern) for n, pattern in enumerate(patterns)))
+    lines = [(number, "a" * 300 + "!") for number in range(1, 21)]
+    started = time.perf_counter()
+
+    result = classify(lines, evil)
+
+    assert time.perf_counter() - started < 1.5
+    assert result.rule_id == FALLBACK_RULE_ID
+    assert result.timed_out_rules == ("evil-0", "evil-1", "evil-2")
+
+
+def test_packaged_rules_have_no_timeout_and_repository_rules_do() -> None:
+    assert all(rule.timeout is None for rule in default_rules())
+    assert all(rule.timeout for rule in load_rules(REPO_RULES))
+    assert classify([(1, "##[error]The operation was canceled.")]).timed_out_rules == ()
+
+
 @pytest.mark.parametrize(
     ("toml_text", "message"),
     [

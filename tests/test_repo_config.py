@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import time
 from datetime import timedelta
 from pathlib import Path
 
 import jsonschema
 import pytest
 
+from bot.core.classify import classify
 from bot.core.models import Category, Severity
 from bot.policy.repo_config import RepoConfig, WorkflowFilter, config_json_schema, parse_repo_config
 
@@ -153,3 +155,17 @@ def test_the_configuration_reference_documents_every_key_and_setting() -> None:
     for section in ("WorkflowFilter", "LabelConfig", "RateLimits"):
         for key in schema["$defs"][section]["properties"]:
             assert f"`{key}`" in text, key
+
+
+def test_a_repository_rule_that_backtracks_forever_cannot_hang_classification() -> None:
+    loaded = parse_repo_config(
+        "rules: |\n  [[rule]]\n  id = \"x\"\n  category = \"unknown\"\n  severity = \"low\"\n"
+        "  pattern = '''(a+)+$'''\n  title = \"t\"\n  summary = \"s\"\n"
+    )
+    started = time.perf_counter()
+
+    result = classify([(1, "error: build failed"), (2, "a" * 300 + "!")], loaded.rules)
+
+    assert time.perf_counter() - started < 1.0
+    assert loaded.problems == ()
+    assert result.timed_out_rules == ("x",)

@@ -13,6 +13,7 @@ from importlib import resources
 from itertools import accumulate
 from typing import Any, Protocol
 
+import regex
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from bot.core.fingerprint import normalize, structured_key
@@ -20,6 +21,11 @@ from bot.core.logs import COMMAND_RE, WORKFLOW_COMMAND_RE, clean
 from bot.core.models import Category, ExcerptLine, Severity
 
 FALLBACK_RULE_ID = "fallback"
+# A repository writes its own rules, and one pattern like (a+)+$ could backtrack for hours: each search
+# of such a rule gets this many seconds, and a rule that runs out is given up for the rest of the log.
+REPOSITORY_RULE_TIMEOUT = 0.1
+# After this many rules ran out, the remaining rules with a timeout are skipped, which bounds the total.
+MAX_TIMED_OUT_RULES = 3
 MAX_KEY_PART_CHARS = 120
 MAX_SUMMARY_VALUE_CHARS = 200
 # Names a template may use besides the pattern's own named groups.
@@ -82,13 +88,15 @@ class Rule:
     id: str
     category: Category
     severity: Severity
-    regex: re.Pattern[str]
+    regex: regex.Pattern[str]
     key: str | None
     title: str
     summary: str
     recommendations: tuple[str, ...]
     # Case-folded strings one of which every match contains; empty when none could be found.
     literals: tuple[str, ...] = ()
+    # Seconds one search may take; None for the packaged rules, which are written and tested here.
+    timeout: float | None = None
 
 
 class Classification(BaseModel):
@@ -105,6 +113,9 @@ class Classification(BaseModel):
     recommendations: tuple[str, ...] = ()
     matched_line: int | None = None
     matched_text: str = ""
+    timed_out_rules: tuple[str, ...] = Field(
+        default=(), description="rules given up because a search ran past its timeout: broken patterns"
+    )
 
 
 class _NumberedText(Protocol):
@@ -196,12 +207,13 @@ def required_literals(pattern: str) -> tuple[str, ...]:
     return tuple(dict.fromkeys(found))
 
 
-def _compile(spec: RuleSpec) -> Rule:
+def _compile(spec: RuleSpec, timeout: float | None) -> Rule:
     try:
-        regex = re.compile(spec.pattern, re.MULTILINE)
-    except re.error as exc:
+        # Version 0 reads patterns as Python's re does; `regex` adds the search timeout.
+        pattern = regex.compile(spec.pattern, regex.MULTILINE | regex.VERSION0)
+    except regex.error as exc:
         raise RuleError(f"rule {spec.id!r}: invalid pattern: {exc}") from exc
-    groups = set(regex.groupindex)
+    groups = set(pattern.groupindex)
     try:
         key_fields = _fields(spec.key) if spec.key else set()
         summary_fields = _fields(spec.summary)
@@ -214,17 +226,21 @@ def _compile(spec: RuleSpec) -> Rule:
         id=spec.id,
         category=spec.category,
         severity=spec.severity,
-        regex=regex,
+        regex=pattern,
         key=spec.key,
         title=spec.title,
         summary=spec.summary,
         recommendations=tuple(spec.recommendations),
         literals=required_literals(spec.pattern),
+        timeout=timeout,
     )
 
 
-def load_rules(toml_text: str) -> list[Rule]:
-    """Parse, validate and compile `[[rule]]` tables, keeping their order as priority."""
+def load_rules(toml_text: str, *, timeout: float | None = REPOSITORY_RULE_TIMEOUT) -> list[Rule]:
+    """Parse, validate and compile `[[rule]]` tables, keeping their order as priority.
+
+    Each search of a rule may take `timeout` seconds; only rules written here may go without one.
+    """
     try:
         document = tomllib.loads(toml_text)
     except tomllib.TOMLDecodeError as exc:
@@ -250,7 +266,7 @@ def load_rules(toml_text: str) -> list[Rule]:
         if spec.id in seen:
             raise RuleError(f"rule {label}: the id is used twice")
         seen.add(spec.id)
-        rules.append(_compile(spec))
+        rules.append(_compile(spec, timeout))
     return rules
 
 
@@ -263,7 +279,7 @@ def merge_rules(repo_rules: Sequence[Rule], default_rules: Sequence[Rule]) -> li
 @cache
 def _default_rules() -> tuple[Rule, ...]:
     text = resources.files("bot.rules").joinpath("default.toml").read_text(encoding="utf-8")
-    return tuple(load_rules(text))
+    return tuple(load_rules(text, timeout=None))
 
 
 def default_rules() -> list[Rule]:
@@ -327,11 +343,11 @@ def _fill(template: str, values: dict[str, str]) -> str:
     return template.format_map(_Blank(values))
 
 
-def _captures(match: re.Match[str], limit: int) -> dict[str, str]:
+def _captures(match: regex.Match[str], limit: int) -> dict[str, str]:
     return {name: (value or "").strip()[:limit] for name, value in match.groupdict().items()}
 
 
-def _build_key(rule: Rule, match: re.Match[str]) -> str:
+def _build_key(rule: Rule, match: regex.Match[str]) -> str:
     if not rule.key:
         return rule.id
     parts = {name: normalize(value) for name, value in _captures(match, MAX_KEY_PART_CHARS).items()}
@@ -364,24 +380,25 @@ class _Text:
         return [self.lines[index] for index in sorted(hits)]
 
 
-def _find(rule: Rule, text: _Text) -> tuple[_Line, re.Match[str]] | None:
+def _find(rule: Rule, text: _Text) -> tuple[_Line, regex.Match[str]] | None:
+    """The best line the rule matches; raises TimeoutError when one search runs past the rule's timeout."""
     # Only lines holding one of the rule's literals can match; without literals, one scan of the
     # joined text in C rules the rule out before any per-line work.
     if rule.literals:
         candidates = text.lines_containing(rule.literals)
-    elif rule.regex.search(text.joined) is None:
+    elif rule.regex.search(text.joined, timeout=rule.timeout) is None:
         return None
     else:
         candidates = text.lines
-    best: tuple[_Line, re.Match[str]] | None = None
+    best: tuple[_Line, regex.Match[str]] | None = None
     for line in candidates:
-        match = rule.regex.search(line.text)
+        match = rule.regex.search(line.text, timeout=rule.timeout)
         if match and (best is None or line.score > best[0].score):
             best = (line, match)
     return best
 
 
-def _fallback(lines: Sequence[_Line]) -> Classification:
+def _fallback(lines: Sequence[_Line], timed_out: tuple[str, ...]) -> Classification:
     if not lines:
         return Classification(
             category=Category.UNKNOWN,
@@ -390,6 +407,7 @@ def _fallback(lines: Sequence[_Line]) -> Classification:
             key="unknown",
             title="Unrecognised failure",
             summary="The log holds no line that explains the failure.",
+            timed_out_rules=timed_out,
         )
     # Most error-like, then latest: with no rule to go by, the line nearest where the job died.
     line = max(reversed(lines), key=lambda candidate: candidate.score)
@@ -404,6 +422,7 @@ def _fallback(lines: Sequence[_Line]) -> Classification:
         recommendations=("Read the quoted line and the lines around it in the job log.",),
         matched_line=line.number,
         matched_text=line.text,
+        timed_out_rules=timed_out,
     )
 
 
@@ -412,12 +431,20 @@ def classify(lines: Sequence[ClassifiableLine], rules: Sequence[Rule] | None = N
 
     Among the lines the winning rule matches, the most error-like one is quoted (a runner
     `##[error]` annotation counts most, then error words), and the earliest of equals, because
-    the first error usually causes the ones after it.
+    the first error usually causes the ones after it. A rule whose search runs past its timeout counts
+    as not matching and is named in `timed_out_rules`.
     """
     usable = _usable_lines(lines)
     text = _Text(usable)
+    timed_out: list[str] = []
     for rule in default_rules() if rules is None else rules:
-        found = _find(rule, text)
+        if rule.timeout is not None and len(timed_out) >= MAX_TIMED_OUT_RULES:
+            continue
+        try:
+            found = _find(rule, text)
+        except TimeoutError:
+            timed_out.append(rule.id)
+            continue
         if found is None:
             continue
         line, match = found
@@ -433,5 +460,6 @@ def classify(lines: Sequence[ClassifiableLine], rules: Sequence[Rule] | None = N
             recommendations=rule.recommendations,
             matched_line=line.number,
             matched_text=line.text,
+            timed_out_rules=tuple(timed_out),
         )
-    return _fallback(usable)
+    return _fallback(usable, tuple(timed_out))

@@ -77,3 +77,15 @@ def test_published_schema_matches_the_model() -> None:
     published = json.loads((Path(__file__).parent.parent / "docs" / "diagnosis.schema.json").read_text())
     assert published == diagnosis_json_schema()
     assert set(published["required"]) >= {"severity", "category", "root_cause", "evidence", "fingerprint", "source"}
+
+
+def test_a_repository_rule_that_times_out_is_named_in_the_notes() -> None:
+    from bot.core.classify import default_rules, load_rules, merge_rules
+
+    slow = load_rules(
+        '[[rule]]\nid = "slow"\ncategory = "crash"\nseverity = "high"\npattern = "(a+)+$"\n'
+        'title = "slow"\nsummary = "slow"\n'
+    )
+    log = "a" * 300 + "!\nE   AssertionError: expected 3\n"
+    diagnosis = offline_diagnosis(excerpt_lines(lines_from_text(log), 4096), merge_rules(slow, default_rules()))
+    assert any("slow" in note and "took too long" in note for note in diagnosis.notes)

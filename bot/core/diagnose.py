@@ -28,6 +28,8 @@ def offline_diagnosis(excerpt: Excerpt, rules: Sequence[Rule] | None = None) -> 
     notes = [templates.RULES_NOTE.format(rule_count=len(active))]
     if not matched:
         notes.append(templates.FALLBACK_RULE_NOTE)
+    if result.timed_out_rules:
+        notes.append(templates.SLOW_RULES_NOTE.format(rules=", ".join(result.timed_out_rules)))
     root_cause = result.summary
     if result.matched_text and result.matched_text not in root_cause:
         root_cause = f"{root_cause} The log says: “{_clip(result.matched_text, 200)}”"

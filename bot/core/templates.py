@@ -16,6 +16,10 @@ RULES_NOTE: Final = (
     "{rule_count} rules and quotes the lines that matched."
 )
 FALLBACK_RULE_NOTE: Final = "No rule matched; this names the most error-like line in the log."
+SLOW_RULES_NOTE: Final = (
+    "These repository rules took too long and were skipped; simplify their patterns in "
+    ".github/mendbot.yml: {rules}"
+)
 TRUNCATED_NOTE: Final = "\n\n_(Trimmed to fit GitHub's comment size limit.)_"
 OUTDATED_SUMMARY: Final = "Earlier diagnosis (outdated: the failure changed)"
 FOOTER_RULES: Final = "Diagnosed by Mendbot from the rules · confidence {confidence:.0%}"

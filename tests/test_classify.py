@@ -460,7 +460,7 @@ def _rule(**fields: str) -> str:
 
 
 def test_a_catastrophic_repository_rule_times_out_and_classification_goes_on() -> None:
-    evil = load_rules(_rule(id="evil", pattern="(a+)+$"))
+    evil = load_rules(_rule(id="evil", pattern="(a|aa)+$"))
     lines = [(1, "a" * 300 + "!"), (2, "##[error]The action 'Test' has timed out after 360 minutes.")]
     started = time.perf_counter()
 
@@ -473,7 +473,7 @@ def test_a_catastrophic_repository_rule_times_out_and_classification_goes_on() -
 
 def test_many_catastrophic_rules_cost_a_bounded_time() -> None:
     # Half of them have a literal, so they are searched line by line rather than over the whole text.
-    patterns = ["(a+)+$", "aaa(a+)+$"] * 10
+    patterns = ["(a|aa)+$", "aaa(a|aa)+$"] * 10
     evil = load_rules("\n".join(_rule(id=f"evil-{n}", pattern=pattern) for n, pattern in enumerate(patterns)))
     lines = [(number, "a" * 300 + "!") for number in range(1, 21)]
     started = time.perf_counter()

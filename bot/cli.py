@@ -171,17 +171,18 @@ def _diagnose_excerpt(excerpt: Excerpt, offline: bool) -> DiagnosisResult:
     import tempfile
     from datetime import UTC, datetime
 
-    from bot.adapters.store import Store, StoreUnavailable
-    from bot.core import templates
     from bot.diagnosers import OfflineDiagnoser
     from bot.ports import FailureFacts
-    from bot.settings import SettingsError, load_settings
 
     facts = FailureFacts(repository="local", excerpt=excerpt)
     now = datetime.now(UTC)
     rules = OfflineDiagnoser().diagnose(facts, now)
     if offline:
         return rules
+    # The model path's imports (SQLAlchemy, the SDK) cost a noticeable start-up; only pay them here.
+    from bot.adapters.store import Store, StoreUnavailable
+    from bot.core import templates
+    from bot.settings import SettingsError, load_settings
     try:
         settings = load_settings()
     except SettingsError as exc:

@@ -373,7 +373,7 @@ class Excerpter:
         self._keep(region)
         if not verdict:
             self._last_exit = region
-            self._before_last_exit = [old for old in self._history if not is_noise(old.text)]
+            self._before_last_exit = list(self._history)  # filtered once, in finish
 
     def _keep(self, region: _Region) -> None:
         self._regions.append(region)
@@ -433,6 +433,7 @@ class Excerpter:
             )
             self._regions.append(focus)
         fill = self._before_last_exit if self._last_exit is not None else list(self._history)
+        fill = [line for line in fill if not is_noise(line.text)]
         if self.passing is not None:
             fill = [line for line in fill if line.text not in self.passing]
         if fill:

@@ -33,6 +33,16 @@ INSTALLATION = 7
 WORKFLOW_ID = 2823525
 
 
+class FakeClock:
+    """A clock the test moves by hand: `clock.now += 3600`."""
+
+    def __init__(self, now: float = 1_800_000_000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
 @cache
 def rsa_keys() -> tuple[str, str]:
     """A fresh App key pair (private PEM, public PEM), made once per test process."""

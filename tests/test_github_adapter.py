@@ -10,8 +10,6 @@ from pathlib import Path
 
 import jwt
 import pytest
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
 
 from bot.adapters.github import (
     Annotation,
@@ -25,6 +23,7 @@ from bot.adapters.github import (
     app_jwt,
     run_blocking,
 )
+from tests.app_support import FakeClock, rsa_keys
 from tests.fakes.github_server import SECONDARY_RATE_LIMIT_MESSAGE, FakeGitHubServer
 
 APP_ID = "4242"
@@ -33,26 +32,9 @@ REPO = "octo-org/octo-repo"
 INSTALLATION = 7
 
 
-class FakeClock:
-    def __init__(self, now: float = 1_800_000_000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-
 @pytest.fixture(scope="module")
 def keys() -> tuple[str, str]:
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    private = key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    ).decode()
-    public = (
-        key.public_key()
-        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
-        .decode()
-    )
-    return private, public
+    return rsa_keys()
 
 
 @pytest.fixture

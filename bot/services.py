@@ -125,7 +125,10 @@ class Services:
         rate = gates.RateGate(self.store, self.clock)
         dry_run = self.options.dry_run or loaded.config.dry_run
         if not dry_run:
-            allowed = rate.take("diagnoses", run.repository, loaded.config.rate_limits.diagnoses_per_hour)
+            allowed = rate.take(
+                "diagnoses", run.repository, loaded.config.rate_limits.diagnoses_per_hour,
+                for_work=f"{run.repository}:{run.run_id}.{run.attempt}",
+            )
             if not allowed:
                 log.warning("not diagnosing run %s: %s", run.run_id, "; ".join(allowed.reasons))
                 return Outcome.IGNORED

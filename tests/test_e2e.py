@@ -209,9 +209,10 @@ def test_a_burst_of_200_failures_makes_one_issue_and_bounded_writes(
             wait_for(lambda: not components.store.unfinished_deliveries(), 60, "the burst")
         assert len(fake.repo(REPO).issues) == 1
         # The default rate limits: one issue, at most 6 counter updates an hour on it, and 60 diagnoses an
-        # hour, the rest skipped before any log is read.
+        # hour, the rest skipped before any log is read. A delivery retried after a transient error on a busy
+        # machine reads its log again but keeps its place under the cap, so count jobs, not downloads.
         assert writes(fake) <= 1 + 6
-        assert len(fake.requests_to(r"/actions/jobs/\d+/logs$")) == 60
+        assert len({request.path for request in fake.requests_to(r"/actions/jobs/\d+/logs$")}) == 60
         [incident_fingerprint] = {
             effect
             for effect in [components.store.get_incident(REPO, fp) for fp in _fingerprints(fake)]

@@ -108,3 +108,22 @@ def test_hourly_limits_are_shared_through_the_store(tmp_path: Path) -> None:
     assert not gates[0].take("comments", "octo/app", 0).allowed
     for store in stores:
         store.close()
+
+
+def test_a_retry_of_the_same_work_reuses_the_unit_it_spent(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'state.db'}"
+    migrate(url)
+    now = datetime(2025, 3, 10, 12, 30, tzinfo=UTC)
+    store = Store(url)
+    gate = RateGate(store, lambda: now)
+    assert gate.take("diagnoses", "octo/app", 2, for_work="run-1").allowed
+    assert gate.take("diagnoses", "octo/app", 2, for_work="run-1").allowed  # the retry
+    assert gate.take("diagnoses", "octo/app", 2, for_work="run-2").allowed
+    assert not gate.take("diagnoses", "octo/app", 2, for_work="run-3").allowed
+    # The retry still passes once the cap is full, since its unit was spent already.
+    assert gate.take("diagnoses", "octo/app", 2, for_work="run-1").allowed
+    # A new hour is a new budget: the same work spends again there.
+    next_hour = RateGate(store, lambda: now + timedelta(hours=1))
+    assert next_hour.take("diagnoses", "octo/app", 1, for_work="run-1").allowed
+    assert not next_hour.take("diagnoses", "octo/app", 1, for_work="run-2").allowed
+    store.close()

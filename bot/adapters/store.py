@@ -38,6 +38,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 from sqlalchemy.types import TypeDecorator
+from tenacity import retry, retry_if_exception, stop_after_delay, wait_random
 
 #: GitHub lets a delivery be redelivered for 3 days; a replay inside that window must still be recognised.
 DELIVERY_RETENTION = timedelta(days=3)
@@ -266,6 +267,15 @@ def migrate(url: str) -> None:
         store.close()
 
 
+@retry(retry=retry_if_exception(lambda error: "locked" in str(error)), reraise=True,
+       wait=wait_random(0.01, 0.1), stop=stop_after_delay(SQLITE_BUSY_TIMEOUT_SECONDS))
+def _switch_to_wal(cursor: Any) -> None:
+    # SQLite does not call the busy handler while it changes the journal mode, so when the web process and
+    # the worker open a new database file at the same moment, one of them gets "database is locked" at once.
+    # WAL is a property of the file: once one connection has switched it, the others find it set.
+    cursor.execute("PRAGMA journal_mode = WAL")
+
+
 def _configure_sqlite(engine: Engine) -> None:
     @event.listens_for(engine, "connect")
     def on_connect(dbapi_connection: Any, _record: Any) -> None:
@@ -273,7 +283,8 @@ def _configure_sqlite(engine: Engine) -> None:
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
         cursor.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_SECONDS * 1000}")
-        cursor.execute("PRAGMA journal_mode = WAL")
+        if cursor.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+            _switch_to_wal(cursor)
         cursor.execute("PRAGMA synchronous = NORMAL")
         cursor.close()
 

@@ -145,7 +145,7 @@ def diagnose_issue(issue: LabeledIssue, delivery_id: str, services: Services) ->
         rate = RateGate(store, services.clock)
         limits = loaded.config.rate_limits
         if not dry_run:
-            allowed = rate.take("diagnoses", issue.repository, limits.diagnoses_per_hour)
+            allowed = rate.take("diagnoses", issue.repository, limits.diagnoses_per_hour, for_work=key)
             if not allowed:
                 log.warning("not diagnosing %s#%s: %s", issue.repository, issue.number, allowed.reasons)
                 return Outcome.IGNORED

@@ -84,10 +84,16 @@ class RateGate:
         self.store = store
         self.clock = clock
 
-    def take(self, action: str, key: str, limit: int) -> Decision:
-        """Spend one unit of `action` for `key` this hour if `limit` allows it."""
+    def take(self, action: str, key: str, limit: int, *, for_work: str | None = None) -> Decision:
+        """Spend one unit of `action` for `key` this hour if `limit` allows it.
+
+        With `for_work`, a retry of the same work (a delivery that failed half-way) reuses the unit its
+        first attempt spent, so a transient error does not cost a run its place under the cap."""
         now = self.clock()
         hour = now.replace(minute=0, second=0, microsecond=0)
+        spent_key = f"rate:{action}:{for_work}@{hour:%Y-%m-%dT%H}" if for_work else None
+        if spent_key is not None and self.store.get_effect(spent_key) is not None:
+            return Decision.allow(f"{action} for {for_work} was already counted this hour")
         if limit <= 0:
             return Decision.refuse(f"{action} is switched off for {key} (limit 0)")
         if self.store.get_count(RATE_SCOPE, f"{action}:{key}", hour) >= limit:
@@ -96,4 +102,6 @@ class RateGate:
         if used > limit:
             # Another worker took the last unit between our read and our increment.
             return Decision.refuse(f"{action} limit of {limit} per hour reached for {key}")
+        if spent_key is not None:
+            self.store.record_effect(spent_key, kind="rate", repository=key, now=now, target=str(used))
         return Decision.allow(f"{action} {used} of {limit} this hour for {key}")

@@ -417,7 +417,7 @@ def test_echoed_scripts_traces_and_warnings_are_not_evidence() -> None:
 def test_classification_is_immutable() -> None:
     result = one("Killed")
     with pytest.raises(ValueError):
-        result.category = Category.LINT  # type: ignore[misc]
+        result.category = Category.LINT
 
 
 REPO_RULES = """

@@ -133,7 +133,7 @@ def test_reading_streams_in_bounded_memory() -> None:
             return len(data)
 
     tracemalloc.start()
-    count = sum(1 for _ in parse_lines(io.BufferedReader(Generated(16 * 1024 * 1024))))  # type: ignore[arg-type]
+    count = sum(1 for _ in parse_lines(io.BufferedReader(Generated(16 * 1024 * 1024))))
     _, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
     assert count > 250_000

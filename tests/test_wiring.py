@@ -13,6 +13,7 @@ from typing import Any
 import httpx
 import pytest
 from prometheus_client import CollectorRegistry
+from pydantic import SecretStr
 
 from bot import wiring
 from bot.adapters.anthropic import DEFAULT_MAX_TOKENS, DEFAULT_TIMEOUT, ClaudeDiagnoser, default_model
@@ -90,7 +91,7 @@ def store(tmp_path: Path) -> Iterator[Store]:
 
 def test_without_a_key_the_rules_diagnose(store: Store) -> None:
     assert isinstance(build_diagnoser(load_settings(), store), OfflineDiagnoser)
-    assert isinstance(build_diagnoser(Settings(anthropic_api_key="  "), store), OfflineDiagnoser)
+    assert isinstance(build_diagnoser(Settings(anthropic_api_key=SecretStr("  ")), store), OfflineDiagnoser)
 
 
 def test_a_key_under_either_name_chooses_claude_with_the_documented_defaults(

@@ -261,9 +261,9 @@ def _handler_for(state: _State) -> type[BaseHTTPRequestHandler]:
         def _usage(self, request: dict[str, Any], body: bytes) -> dict[str, int]:
             # Like the real API: the first call with a marked system prompt writes the cache, later ones hit.
             cached = json.dumps([request.get("tools"), request.get("system")], sort_keys=True)
-            marked = any(
-                isinstance(block, dict) and block.get("cache_control")
-                for block in (request.get("system") if isinstance(request.get("system"), list) else [])
+            system = request.get("system")
+            marked = isinstance(system, list) and any(
+                isinstance(block, dict) and block.get("cache_control") for block in system
             )
             prefix_tokens = _tokens(cached.encode()) if marked else 0
             with state.lock:

@@ -74,8 +74,11 @@ class AppriseNotifier:
         self.allow_private = allow_private
         self.timeout = timeout
         self.resolver = resolver
-        # No persistent storage on disk; apprise's own logging hides the secret parts of URLs.
+        # No persistent storage on disk. Apprise's secure logging masks passwords but its debug lines show
+        # whole URLs and payload paths, where webhook tokens live: keep its logger to warnings and above.
         self.asset = apprise.AppriseAsset(storage_mode="memory", secure_logging=True)
+        apprise_log = logging.getLogger("apprise")
+        apprise_log.setLevel(max(apprise_log.getEffectiveLevel(), logging.WARNING))
 
     def check(self, urls: Sequence[str]) -> list[TargetCheck]:
         checks = [TargetCheck(target_label(url), self._prepare(url)[1]) for url in urls]

@@ -154,8 +154,8 @@ class Executor:
     def _complete(self, key: str, target: str) -> None:
         self.store.complete_effect(key, target=target, now=self.clock())
 
-    def _limit(self, action: str, key: str, limit: int) -> Decision:
-        decision = self.rate.take(action, key, limit)
+    def _limit(self, action: str, key: str, limit: int, for_work: str | None = None) -> Decision:
+        decision = self.rate.take(action, key, limit, for_work=for_work)
         if not decision:
             log.warning("refused %s for %s: %s", action, key, "; ".join(decision.reasons))
         return decision
@@ -338,8 +338,9 @@ class Executor:
             if self.notifier is None:
                 self._complete(key, "no notifier")
                 return Done(step.describe(), "skipped", None, ("no notifier is wired",))
+            # Keyed by the alert, so a retry after a crash mid-send does not spend a second unit.
             allowed = self._limit(
-                "notifications", step.repository, self.config.rate_limits.notifications_per_hour
+                "notifications", step.repository, self.config.rate_limits.notifications_per_hour, for_work=key
             )
             if not allowed:
                 # Not kept for later: an alert hours late about an issue people have seen helps nobody.

@@ -326,3 +326,9 @@ def test_runner_failure_marks_score_as_failures() -> None:
     assert line_score("❌  /Users/ci/App/Source/Json.swift:97:2: unknown attribute 'dynamicMemberLookup'") >= 4.0
     # Erlang Common Test's verdict on a test case is the harness's own word, like pytest's or go test's.
     assert line_score("Testing processone.ejabberd: *** FAILED test case 89 of 1470 ***") == VERDICT_SCORE
+
+
+def test_a_build_that_says_why_it_failed_is_not_discounted_for_naming_a_flag() -> None:
+    # `-Werror` in a compiler command line is a decoy; "Failing due to -Werror." is the verdict.
+    assert line_score("gcc -Wall -Werror -o app main.c") < 2.0
+    assert line_score("Failing due to -Werror.") >= 4.0

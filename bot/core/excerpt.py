@@ -85,6 +85,8 @@ _DECOY_PHRASES = (
     "continue-on-error", "ignore_errors", "ignore-errors", "error_reporting", "errorprone", "on-failure",
     "fail-fast", "failfast", "allow_failures", "warnings as errors", "✓", "✔",
 )
+# A build that says why it failed: stronger than the flags or words in the reason, such as `-Werror`.
+_DECISIVE_PHRASES = ("failing due to", "failed due to", "aborting due to")
 # Lines that only restate that something failed: the boundary of the failing command's output.
 _EXIT_MARKERS = re.compile(
     r"(?:The command \".*\" (?:failed and )?exited with [1-9]|Process completed with exit code [1-9]"
@@ -156,7 +158,10 @@ def line_score(text: str) -> float:
         score = 2.0
     if (score and _STRUCTURAL.match(probe)) or (score == 2.0 and _FAILURE_COUNT.search(lower)):
         score = 4.0
-    if score and (words & _DECOY_WORDS or any(phrase in lower for phrase in _DECOY_PHRASES)):
+    decisive = "due to" in lower and any(phrase in lower for phrase in _DECISIVE_PHRASES)
+    if decisive:
+        score = 4.0
+    elif score and (words & _DECOY_WORDS or any(phrase in lower for phrase in _DECOY_PHRASES)):
         score *= 0.25
     if score == 2.0 and ("warning" in words or "warn" in words):
         # "warning: unable to …" is a tool's aside; a warning that fails the build says error or failed.

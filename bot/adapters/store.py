@@ -36,7 +36,7 @@ from sqlalchemy import (
 )
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import Row, make_url
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 from sqlalchemy.types import TypeDecorator
 from tenacity import retry, retry_if_exception, stop_after_delay, wait_random
@@ -256,6 +256,37 @@ def _affected(session: Session, statement: Any, column: Any) -> int:
     return len(session.execute(statement.returning(column)).all())
 
 
+_DELIVERIES = Base.metadata.tables[Delivery.__tablename__]
+
+
+def _delivery_record(row: Row[Any]) -> DeliveryRecord:
+    return DeliveryRecord(**{**row._asdict(), "status": DeliveryStatus(row.status)})
+
+
+def _mark_delivery_statement(status: DeliveryStatus) -> Any:
+    """UPDATE ... RETURNING for `mark_delivery` to `status`, with parameters id, now and error."""
+    columns = _DELIVERIES.c
+    values: dict[str, Any] = {"status": status.value, "updated_at": bindparam("now", type_=columns.updated_at.type)}
+    if status is DeliveryStatus.FAILED:
+        values["last_error"] = bindparam("error", type_=columns.last_error.type)
+    elif status in FINISHED:
+        values["last_error"] = None
+    if status is DeliveryStatus.RUNNING:
+        values["attempts"] = columns.attempts + 1
+    return update(_DELIVERIES).where(columns.delivery_id == bindparam("id")).values(values).returning(*columns)
+
+
+def _start_delivery_statement() -> Any:
+    """UPDATE ... RETURNING for `start_delivery`, with parameters id, now and held_after (now minus the lease)."""
+    columns = _DELIVERIES.c
+    held = (columns.status == DeliveryStatus.RUNNING.value) & (
+        columns.updated_at > bindparam("held_after", type_=columns.updated_at.type))
+    finished = columns.status.in_([status.value for status in FINISHED])
+    return update(_DELIVERIES).where(columns.delivery_id == bindparam("id"), ~finished, ~held).values(
+        status=DeliveryStatus.RUNNING.value, attempts=columns.attempts + 1,
+        updated_at=bindparam("now", type_=columns.updated_at.type)).returning(*columns)
+
+
 def migrations_config() -> Config:
     """Alembic configuration that finds the migrations inside the installed package; no alembic.ini needed."""
     config = Config()
@@ -328,12 +359,15 @@ class Store:
         else:
             raise ValueError(f"unsupported database URL scheme {parsed.drivername!r}; use sqlite/postgresql")
         self._where = parsed.render_as_string(hide_password=True)
-        # Built once with bound parameters: building the insert per call cost more CPU than running it, and
-        # every webhook answered pays for it. RETURNING says whether the row was new.
-        columns = Delivery.__table__.c
-        self._save_delivery = self._insert()(Delivery.__table__).values(
+        # The statements every delivery runs are built once with bound parameters: building one per call cost
+        # more CPU than running it, and the web process and the worker share that CPU.
+        columns = _DELIVERIES.c
+        self._save_delivery = self._insert()(_DELIVERIES).values(
             {name: bindparam(name, type_=columns[name].type) for name in _SAVED_DELIVERY_COLUMNS}
         ).on_conflict_do_nothing(index_elements=["delivery_id"]).returning(columns.delivery_id)
+        self._get_delivery = select(*columns).where(columns.delivery_id == bindparam("id"))
+        self._start_delivery = _start_delivery_statement()
+        self._mark_delivery = {status: _mark_delivery_statement(status) for status in DeliveryStatus}
 
     def close(self) -> None:
         self.engine.dispose()
@@ -385,46 +419,27 @@ class Store:
 
     def get_delivery(self, delivery_id: str) -> DeliveryRecord | None:
         with self._session() as session:
-            row = session.get(Delivery, delivery_id)
-            return None if row is None else self._delivery_record(row)
-
-    @staticmethod
-    def _delivery_record(row: Delivery) -> DeliveryRecord:
-        return dataclasses.replace(_record(DeliveryRecord, row), status=DeliveryStatus(row.status))
+            row = session.execute(self._get_delivery, {"id": delivery_id}).first()
+            return None if row is None else _delivery_record(row)
 
     def mark_delivery(self, delivery_id: str, status: DeliveryStatus | str, *, now: datetime,
                       error: str | None = None) -> DeliveryRecord:
         """Set the status; `running` counts an attempt, `failed` records the error and finishing clears it."""
-        status = DeliveryStatus(status)
-        values: dict[str, Any] = {"status": status.value, "updated_at": now}
-        if status is DeliveryStatus.FAILED:
-            values["last_error"] = error
-        elif status in FINISHED:
-            values["last_error"] = None
-        if status is DeliveryStatus.RUNNING:
-            values["attempts"] = Delivery.attempts + 1
+        statement = self._mark_delivery[DeliveryStatus(status)]
         with self._session() as session:
-            statement = update(Delivery).where(Delivery.delivery_id == delivery_id).values(values)
-            if not _affected(session, statement, Delivery.delivery_id):
-                raise KeyError(f"no delivery {delivery_id!r}")
-            row = session.get(Delivery, delivery_id, populate_existing=True)
-            assert row is not None
-            return self._delivery_record(row)
+            row = session.execute(statement, {"id": delivery_id, "now": now, "error": error}).first()
+        if row is None:
+            raise KeyError(f"no delivery {delivery_id!r}")
+        return _delivery_record(row)
 
     def start_delivery(self, delivery_id: str, *, now: datetime,
                        lease: timedelta = DELIVERY_LEASE) -> DeliveryRecord | None:
         """Take the delivery for one attempt: mark it running and count the attempt, in one statement so two
         workers cannot both take it. None when it is missing, finished, or held by a worker under its lease."""
-        held = (Delivery.status == DeliveryStatus.RUNNING.value) & (Delivery.updated_at > now - lease)
-        finished = Delivery.status.in_([status.value for status in FINISHED])
-        statement = update(Delivery).where(Delivery.delivery_id == delivery_id, ~finished, ~held).values(
-            status=DeliveryStatus.RUNNING.value, attempts=Delivery.attempts + 1, updated_at=now)
         with self._session() as session:
-            if not _affected(session, statement, Delivery.delivery_id):
-                return None
-            row = session.get(Delivery, delivery_id, populate_existing=True)
-            assert row is not None
-            return self._delivery_record(row)
+            row = session.execute(self._start_delivery, {"id": delivery_id, "now": now, "held_after": now - lease})
+            taken = row.first()
+        return None if taken is None else _delivery_record(taken)
 
     def touch_delivery(self, delivery_id: str, *, now: datetime) -> bool:
         """Renew the lease of a running delivery; False when it is no longer running."""
@@ -441,11 +456,10 @@ class Store:
             status=DeliveryStatus.PENDING.value, attempts=case((Delivery.attempts > 0, Delivery.attempts - 1), else_=0),
             last_error=reason, updated_at=now)
         with self._session() as session:
-            if not _affected(session, statement, Delivery.delivery_id):
-                raise KeyError(f"no delivery {delivery_id!r}")
-            row = session.get(Delivery, delivery_id, populate_existing=True)
-            assert row is not None
-            return self._delivery_record(row)
+            row = session.execute(statement.returning(*_DELIVERIES.c)).first()
+        if row is None:
+            raise KeyError(f"no delivery {delivery_id!r}")
+        return _delivery_record(row)
 
     def unfinished_deliveries(self, *, older_than: datetime | None = None,
                               max_attempts: int = DEFAULT_MAX_ATTEMPTS, limit: int = 1000) -> list[str]:

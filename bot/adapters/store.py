@@ -374,9 +374,19 @@ class Store:
 
     @contextmanager
     def _session(self) -> Iterator[Session]:
+        with self._unavailable_on_failure(), Session(self.engine, expire_on_commit=False) as session, \
+                session.begin():
+            yield session
+
+    def _first_row(self, statement: Any, parameters: Mapping[str, Any]) -> Row[Any] | None:
+        """Run one prebuilt statement in its own transaction on a bare connection, cheaper than a Session."""
+        with self._unavailable_on_failure(), self.engine.begin() as connection:
+            return connection.execute(statement, parameters).first()
+
+    @contextmanager
+    def _unavailable_on_failure(self) -> Iterator[None]:
         try:
-            with Session(self.engine, expire_on_commit=False) as session, session.begin():
-                yield session
+            yield
         except (sa_exc.OperationalError, sa_exc.InterfaceError) as error:
             reason = str(error.orig).strip().splitlines()[0] if error.orig else type(error).__name__
             raise StoreUnavailable(f"state store {self._where} is unavailable: {reason}") from error
@@ -414,20 +424,17 @@ class Store:
         values = {"delivery_id": delivery_id, "event": event, "action": action, "installation_id": installation_id,
                   "repository": repository, "payload": payload, "status": DeliveryStatus.PENDING.value,
                   "attempts": 0, "received_at": now, "updated_at": now}
-        with self._session() as session:
-            return bool(session.execute(self._save_delivery, values).all())
+        return self._first_row(self._save_delivery, values) is not None
 
     def get_delivery(self, delivery_id: str) -> DeliveryRecord | None:
-        with self._session() as session:
-            row = session.execute(self._get_delivery, {"id": delivery_id}).first()
-            return None if row is None else _delivery_record(row)
+        row = self._first_row(self._get_delivery, {"id": delivery_id})
+        return None if row is None else _delivery_record(row)
 
     def mark_delivery(self, delivery_id: str, status: DeliveryStatus | str, *, now: datetime,
                       error: str | None = None) -> DeliveryRecord:
         """Set the status; `running` counts an attempt, `failed` records the error and finishing clears it."""
         statement = self._mark_delivery[DeliveryStatus(status)]
-        with self._session() as session:
-            row = session.execute(statement, {"id": delivery_id, "now": now, "error": error}).first()
+        row = self._first_row(statement, {"id": delivery_id, "now": now, "error": error})
         if row is None:
             raise KeyError(f"no delivery {delivery_id!r}")
         return _delivery_record(row)
@@ -436,10 +443,8 @@ class Store:
                        lease: timedelta = DELIVERY_LEASE) -> DeliveryRecord | None:
         """Take the delivery for one attempt: mark it running and count the attempt, in one statement so two
         workers cannot both take it. None when it is missing, finished, or held by a worker under its lease."""
-        with self._session() as session:
-            row = session.execute(self._start_delivery, {"id": delivery_id, "now": now, "held_after": now - lease})
-            taken = row.first()
-        return None if taken is None else _delivery_record(taken)
+        row = self._first_row(self._start_delivery, {"id": delivery_id, "now": now, "held_after": now - lease})
+        return None if row is None else _delivery_record(row)
 
     def touch_delivery(self, delivery_id: str, *, now: datetime) -> bool:
         """Renew the lease of a running delivery; False when it is no longer running."""

@@ -138,6 +138,147 @@ def test_the_example_from_the_brief() -> None:
     assert redact_text("password=hunter2 ok") == "password=[REDACTED:password] ok"
 
 
+# The kind each self-evident format is reported as.
+SELF_EVIDENT_KINDS = {
+    **dict.fromkeys(["ghp", "gho", "ghu", "ghr", "ghs", "ghs_long", "github_pat"], "github_token"),
+    **dict.fromkeys(["akia", "asia", "aroa"], "aws_access_key_id"),
+    **dict.fromkeys(["slack", "slack_user"], "slack_token"),
+    "anthropic": "anthropic_key",
+    **dict.fromkeys(["openai", "openai_legacy"], "openai_key"),
+    "jwt": "jwt",
+}
+
+# Escapes ending in a letter or digit, which once hid the token after them from the "not inside a word"
+# checks: URL-encoded "=", ":", '"', " ", newline and ",", and their JSON, JavaScript and C forms.
+WORD_ENDING_ESCAPES = [
+    *["%3D", "%3d", "%3A", "%22", "%27", "%20", "%0A", "%2C"],
+    *["\\u003d", "\\u003D", "\\u0022", "\\x3d", "\\n", "\\t"],
+]
+# Escapes ending in punctuation, which were always caught; kept so a change to the escape handling cannot
+# lose them.
+PUNCTUATION_ESCAPES = ['\\"', "&quot;", "&#34;", "&#x22;"]
+
+
+@pytest.mark.parametrize("escape", WORD_ENDING_ESCAPES + PUNCTUATION_ESCAPES)
+@pytest.mark.parametrize("name", SELF_EVIDENT)
+def test_a_token_after_an_escape_is_redacted(name: str, escape: str) -> None:
+    line = f"GET /callback?q{escape}{SECRETS[name]}%26next=1 HTTP/1.1"
+
+    redacted = redact_text(line)
+
+    assert redacted == f"GET /callback?q{escape}[REDACTED:{SELF_EVIDENT_KINDS[name]}]%26next=1 HTTP/1.1"
+    assert contains_secret(line)
+
+
+@pytest.mark.parametrize(
+    ("template", "name", "kind"),
+    [
+        ("url?access_token%3D{}%26x%3D1", "ghp", "github_token"),
+        ("key%3D{}", "akia", "aws_access_key_id"),
+        ('{{"msg": "a\\u003d{}"}}', "ghp", "github_token"),
+        ("var a='\\x3d{}'", "ghp", "github_token"),
+        ("webhook%3Fauth%3A{}", "github_pat", "github_token"),
+    ],
+)
+def test_the_audited_encoded_bypasses_are_closed(template: str, name: str, kind: str) -> None:
+    line = template.format(SECRETS[name])
+
+    assert redact_text(line) == template.format(f"[REDACTED:{kind}]")
+
+
+# Assignments whose separator or quotes are escaped, and secrets that are themselves percent-encoded.
+ENCODED_PLANTED = [
+    ("POST /login body=user%3Dci%26password%3D{}%26remember%3D1", "password", "password"),
+    ("password%3d{}", "password", "password"),
+    ("?q=token%3A%20{}", "opaque", "token"),
+    ('{{"env": "PASSWORD\\u003d{}"}}', "password", "password"),
+    ("<input value=\"&quot;password&quot;: &quot;{}&quot;\">", "password", "password"),
+    ("state=%7B%22secret%22%3A%22{}%22%7D", "opaque", "secret"),
+    ("aws_secret_access_key%3D{}", "aws_secret", "aws_secret_access_key"),
+    ('{{"url": "https:\\/\\/ci:{}@db.internal\\/app"}}', "password", "url_password"),
+    ("DATABASE_URL=postgres%3A%2F%2Fci%3A{}%40db%2Fapp", "password", "url_password"),
+    ("Authorization%3A%20Bearer%20{}", "opaque", "authorization"),
+    # Double encoding: %253D is %3D once decoded, and "=" twice.
+    ("redirect_uri=https%3A%2F%2Fx%2Fcb%3Ftoken%253D{}", "ghp", "github_token"),
+]
+
+
+@pytest.mark.parametrize(("template", "name", "kind"), ENCODED_PLANTED)
+def test_an_assignment_with_escaped_punctuation_is_redacted(template: str, name: str, kind: str) -> None:
+    line = template.format(SECRETS[name])
+
+    redacted = redact_text(line)
+
+    assert redacted == template.format(f"[REDACTED:{kind}]")
+    assert not contains_secret(redacted)
+
+
+def _percent_encode(text: str, chars: str) -> str:
+    return "".join(f"%{ord(char):02X}" if char in chars else char for char in text)
+
+
+@pytest.mark.parametrize(
+    ("name", "kind"), [("slack", "slack_token"), ("jwt", "jwt"), ("anthropic", "anthropic_key")]
+)
+def test_a_percent_encoded_token_is_redacted_whole(name: str, kind: str) -> None:
+    encoded = _percent_encode(SECRETS[name], "-.")
+    assert encoded != SECRETS[name]
+    line = f"POST https://hooks.example.com/notify?t={encoded}&channel=ci"
+
+    redacted = redact_text(line)
+
+    assert redacted == f"POST https://hooks.example.com/notify?t=[REDACTED:{kind}]&channel=ci"
+
+
+def test_a_percent_encoded_base64_secret_is_redacted() -> None:
+    encoded = base64.b64encode(f"ci:{SECRETS['ghp']}\n".encode() * 2).decode()
+    assert "+" in encoded or "/" in encoded or "=" in encoded
+    line = f"GET /cb?state={_percent_encode(encoded, '+/=')}&x=1"
+
+    redacted = redact_text(line)
+
+    assert redacted == "GET /cb?state=[REDACTED:base64_secret]&x=1"
+
+
+# The "&" rule: after an assignment, "&" ends the value only where it plainly separates: before the next
+# "name=" of a query string or form body, before another "&" or a space (the shell's && and &), and in an
+# HTML entity (&amp;). Anywhere else it is part of the secret.
+@pytest.mark.parametrize(
+    ("line", "expected"),
+    [
+        ("Password=Tr0ub4dor&3", "Password=[REDACTED:password]"),
+        ("login with password=Tr0ub&4dor now", "login with password=[REDACTED:password] now"),
+        ("PASSWORD=a&b&c make deploy", "PASSWORD=[REDACTED:password] make deploy"),
+        ("password%3DTr0ub4dor%263", "password%3D[REDACTED:password]"),
+        # A query flag with no "=" could as well be the rest of the secret, so it goes too.
+        ("url?access_token%3D" + SECRETS["ghp"] + "%26x", "url?access_token%3D[REDACTED:token]"),
+    ],
+)
+def test_an_ampersand_inside_a_value_is_part_of_the_secret(line: str, expected: str) -> None:
+    assert redact_text(line) == expected
+
+
+@pytest.mark.parametrize(
+    ("line", "expected"),
+    [
+        ("GET /x?a=1&token=s3cr3tvalue&b=2", "GET /x?a=1&token=[REDACTED:token]&b=2"),
+        ("api_key=s3cr3tvalue&format=json&page[size]=5", "api_key=[REDACTED:api_key]&format=json&page[size]=5"),
+        ("GET /x?a=1%26token%3Ds3cr3tvalue%26b%3D2", "GET /x?a=1%26token%3D[REDACTED:token]%26b%3D2"),
+        ('<a href="/x?token=s3cr3tvalue&amp;b=2">', '<a href="/x?token=[REDACTED:token]&amp;b=2">'),
+        ("export TOKEN=s3cr3tvalue&& make", "export TOKEN=[REDACTED:token]&& make"),
+        ("PASSWORD=s3cr3tvalue & wait", "PASSWORD=[REDACTED:password] & wait"),
+    ],
+)
+def test_an_ampersand_that_separates_parameters_or_commands_ends_the_value(line: str, expected: str) -> None:
+    assert redact_text(line) == expected
+
+
+def test_redact_head_sees_an_escaped_secret_the_cut_crosses() -> None:
+    line = "x" * 590 + "?token%3D" + SECRETS["opaque"] + "%26b%3D2 " + "y" * 3_000
+
+    assert redact_head(line, 600) == "x" * 590 + "?token%3D[REDACTED:token]"
+
+
 @pytest.mark.parametrize("name", ["ghp", "akia", "slack", "anthropic", "jwt"])
 def test_base64_encoded_secret_is_redacted(name: str) -> None:
     encoded = base64.b64encode(f"ci-user:{SECRETS[name]}".encode()).decode()
@@ -387,6 +528,16 @@ ORDINARY_LINES = [
     "Forgot password::requesting password reset",
     "::add-mask::***",
     "=============== 3 failed, 120 passed in 12.34s ===============",
+    # Escaped text that holds no secret must come out as it went in.
+    "GET /search?q=hello%20world%3F&page=2&per_page=100 200 OK",
+    "GET /accounts/reset-password%3Fnext%3D%2Fhome 302",
+    '{"message": "line one\\nline two\\ttabbed \\u00e9t\\u00e9", "level": "info"}',
+    "C:\\Users\\runneradmin\\AppData\\Local\\Temp\\token_cache",
+    "Tom &amp; Jerry &lt;tom@example.com&gt; &#169; 2024",
+    "[ 42%] Building CXX object src/CMakeFiles/app.dir/main.cpp.o",
+    'printf("%s=%d%%\\n", name, 100)',
+    "git log --format=%H%x09%an%x09%s",
+    "token%3D%24%7BTOKEN%7D",
 ]
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import binascii
 import re
 import string
+from bisect import bisect_left
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
@@ -60,6 +61,11 @@ _ASSIGNMENT_KEYS = (
     r"|secret(?:[_-]?(?:access[_-]?)?key)?"
     r"|token"
 )
+# An "&" ends a bare value only where it plainly separates: before the next "name=" of a query string or
+# form body (?a=1&token=x&b=2), before a space, "&", ">" or the end (the shell's "&", "&&" and "&>"), and as an
+# HTML entity (&amp;). Anywhere else it is part of the secret (Password=Tr0ub4dor&3): leaking the tail of a
+# password is worse than hiding a parameter that had no "=". Patterns using it run on lowercased text.
+_AMPERSAND_ENDS_VALUE = r"&(?=[a-z0-9_.\-\[\]%]*=|[\s&>]|$|(?:amp|quot|apos|lt|gt|#[0-9]+|#x[0-9a-f]+);)"
 # A quoted value runs to its closing quote (spaces included); a bare one ends at a space, quote or separator
 # and does not start with ":", which is prose ("Forgot password::reset") rather than an assignment.
 _VALUE = (
@@ -67,7 +73,7 @@ _VALUE = (
     rf"(?<=\\\")[^\"\\]{{1,{MAX_QUOTED_VALUE}}}(?=\\\")"
     rf"|(?<=\")[^\"]{{1,{MAX_QUOTED_VALUE}}}(?=\")"
     rf"|(?<=')[^']{{1,{MAX_QUOTED_VALUE}}}(?=')"
-    r"|[^\s\"'\\,;&:][^\s\"'\\,;&]*)"
+    rf"|[^\s\"'\\,;&:][^\s\"'\\,;&]*(?:(?!{_AMPERSAND_ENDS_VALUE})&[^\s\"'\\,;&]*)*)"
 )
 
 # Order matters only for ties: when two rules match the same span, the earlier kind names it.
@@ -196,6 +202,17 @@ _LEADING_BASE64_RE = re.compile(r"\s*([A-Za-z0-9+/]+={0,2})")
 _BASE64_RUN_RE = re.compile(
     rf"(?<![A-Za-z0-9+/_\-])[A-Za-z][A-Za-z0-9+/_\-]{{{MIN_BASE64_RUN - 1},}}={{0,2}}"
 )
+# Escapes a secret may hide behind or be written in (URL percent-escapes, JSON, JavaScript and C backslash
+# escapes, HTML entities): "q%3Dghp_…" puts a letter before the token, "password%3D…" hides the "=", and
+# "xoxb%2D…" the token itself. Lines holding one are also scanned decoded. Each decodes to one character.
+_PERCENT_ESCAPE_RE = re.compile(r"%[0-9A-Fa-f]{2}")
+_BACKSLASH_ESCAPE_RE = re.compile(r"\\(?:u[0-9A-Fa-f]{4}|x[0-9A-Fa-f]{2}|[nrt\"'/\\])")
+_HTML_ESCAPE_RE = re.compile(r"&(?:quot|apos|amp|lt|gt|#[0-9]{1,7}|#[xX][0-9A-Fa-f]{1,6});")
+_ESCAPE_RE = re.compile("|".join(rule.pattern for rule in (_PERCENT_ESCAPE_RE, _BACKSLASH_ESCAPE_RE, _HTML_ESCAPE_RE)))
+_BACKSLASH_ESCAPES = {"n": "\n", "r": "\r", "t": "\t"}
+_HTML_ENTITIES = {"quot": '"', "apos": "'", "amp": "&", "lt": "<", "gt": ">"}
+# Redirect URLs are often encoded twice (%253D); a third round covers one layer more and bounds the work.
+MAX_UNESCAPE_ROUNDS = 3
 _ASCII_LOWERCASE = str.maketrans(string.ascii_uppercase, string.ascii_lowercase)
 _URLSAFE_TO_STANDARD = str.maketrans("-_", "+/")
 
@@ -409,6 +426,79 @@ def _key_block_spans(line: str, in_key_block: bool) -> tuple[list[_Span], bool]:
 
 
 def _line_spans(line: str, *, decode_base64: bool = True) -> list[_Span]:
+    spans = _view_spans(line, decode_base64)
+    unescaped = _unescaped(line)
+    if unescaped is not None:
+        view, layers = unescaped
+        for start, end, kind in _view_spans(view, decode_base64):
+            spans.append((_line_offset(start, layers), _line_offset(end, layers), kind))
+    if spans and "[REDACTED" in line:
+        # Text redacted before must come out unchanged, so a rule that bites into a placeholder was fooled.
+        placeholders = [(*match.span(), "") for match in PLACEHOLDER_RE.finditer(line)]
+        spans = [span for span in spans if not _overlaps(span, placeholders)]
+    return spans
+
+
+# Per round of decoding: where each escape's character landed in the decoded text, and how many characters
+# the escapes up to and including it saved.
+_Layer = tuple[list[int], list[int]]
+
+
+def _unescaped(line: str) -> tuple[str, list[_Layer]] | None:
+    """`line` with its escapes decoded (repeatedly, for text encoded twice), or None when it holds none."""
+    # Half of all log lines hold a "%" (progress counters) but almost none an escape; substring tests and
+    # one small pattern each rule them out three times faster than _ESCAPE_RE.
+    if not (
+        ("%" in line and _PERCENT_ESCAPE_RE.search(line))
+        or ("\\" in line and _BACKSLASH_ESCAPE_RE.search(line))
+        or ("&" in line and _HTML_ESCAPE_RE.search(line))
+    ):
+        return None
+    layers: list[_Layer] = []
+    view = line
+    for _ in range(MAX_UNESCAPE_ROUNDS):
+        landed: list[int] = []
+        saved: list[int] = []
+        pieces: list[str] = []
+        position = 0
+        for match in _ESCAPE_RE.finditer(view):
+            start, end = match.span()
+            pieces += [view[position:start], _unescape(match.group())]
+            landed.append(start - (saved[-1] if saved else 0))
+            saved.append((saved[-1] if saved else 0) + end - start - 1)
+            position = end
+        if not landed:
+            break
+        view = "".join([*pieces, view[position:]])
+        layers.append((landed, saved))
+    return (view, layers) if layers else None
+
+
+def _unescape(escape: str) -> str:
+    """The one character an escape stands for."""
+    if escape[0] == "%":
+        return chr(int(escape[1:], 16))
+    if escape[0] == "\\":
+        if escape[1] in "ux":
+            return chr(int(escape[2:], 16))
+        return _BACKSLASH_ESCAPES.get(escape[1], escape[1])
+    name = escape[1:-1].lower()
+    if name[0] != "#":
+        return _HTML_ENTITIES[name]
+    code = int(name[2:], 16) if name[1] == "x" else int(name[1:])
+    return chr(code) if code <= 0x10FFFF else "\ufffd"
+
+
+def _line_offset(offset: int, layers: list[_Layer]) -> int:
+    """Map an offset in the decoded view back to the line; a decoded character covers its whole escape."""
+    for landed, saved in reversed(layers):
+        before = bisect_left(landed, offset)
+        if before:
+            offset += saved[before - 1]
+    return offset
+
+
+def _view_spans(line: str, decode_base64: bool) -> list[_Span]:
     spans: list[_Span] = []
     assignments: list[_Span] = []
     folded = ""
@@ -426,10 +516,6 @@ def _line_spans(line: str, *, decode_base64: bool = True) -> list[_Span]:
         spans.extend(span for span in assignments if not _overlaps(span, urls))
     if decode_base64 and len(line) >= MIN_BASE64_RUN:
         spans.extend(_base64_spans(line, spans))
-    if spans and "[REDACTED" in line:
-        # Text redacted before must come out unchanged, so a rule that bites into a placeholder was fooled.
-        placeholders = [(*match.span(), "") for match in PLACEHOLDER_RE.finditer(line)]
-        spans = [span for span in spans if not _overlaps(span, placeholders)]
     return spans
 
 

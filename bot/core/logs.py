@@ -108,32 +108,37 @@ class _Readable(io.RawIOBase):
         return len(data)
 
 
+def parse_line(raw: bytes, number: int, job: str, step: str, truncated: bool = False) -> tuple[LogLine, str]:
+    """Parse one raw line (without `\\n`) given the step in effect; return it and the step after it."""
+    text = raw.decode("utf-8", errors="replace")
+    line_job = job
+    prefixed = GH_RUN_VIEW_RE.match(text)
+    if prefixed:
+        line_job, step = prefixed.group(1), prefixed.group(2)
+        text = text[prefixed.end() :]
+    text = clean(text)
+    marker = ""
+    command = COMMAND_RE.match(text)
+    if command:
+        marker = command.group(1)
+        text = text[command.end() :]
+        if marker == "group" and text.startswith("Run ") and not prefixed:
+            step = text[4:].strip()
+    else:
+        workflow_command = WORKFLOW_COMMAND_RE.match(text)
+        if workflow_command:
+            marker = workflow_command.group(1)
+    return LogLine(number, text, line_job, step, marker, truncated), step
+
+
 def parse_lines(stream: BinaryIO, job: str = "", max_line_bytes: int = MAX_LINE_BYTES) -> Iterator[LogLine]:
     """Yield every line of one job log (GitHub Actions, gh run view, Travis, Jenkins, plain, gzip)."""
     step = ""
     try:
         raw_lines = read_raw_lines(open_stream(stream), max_line_bytes)
         for number, (raw, truncated) in enumerate(raw_lines, start=1):
-            text = raw.decode("utf-8", errors="replace")
-            line_job = job
-            prefixed = GH_RUN_VIEW_RE.match(text)
-            if prefixed:
-                line_job, line_step = prefixed.group(1), prefixed.group(2)
-                step = line_step
-                text = text[prefixed.end() :]
-            text = clean(text)
-            marker = ""
-            command = COMMAND_RE.match(text)
-            if command:
-                marker = command.group(1)
-                text = text[command.end() :]
-                if marker == "group" and text.startswith("Run ") and not prefixed:
-                    step = text[4:].strip()
-            else:
-                workflow_command = WORKFLOW_COMMAND_RE.match(text)
-                if workflow_command:
-                    marker = workflow_command.group(1)
-            yield LogLine(number, text, line_job, step, marker, truncated)
+            line, step = parse_line(raw, number, job, step, truncated)
+            yield line
     except (OSError, EOFError, gzip.BadGzipFile) as exc:
         raise LogError(f"the log could not be read: {exc}") from exc
 

@@ -1,0 +1,384 @@
+"""Excerpt a big log at C speed: one bulk scan finds the lines that can matter, only those are parsed.
+
+The excerpter decides from a few kinds of line: error-like words, exit markers, test verdicts, step and
+teardown markers, key material. A line with none of them changes nothing but the windows of recent lines,
+so it is skipped; the windows rebuild skipped lines from the raw bytes only where they are read. The
+candidate patterns come from the excerpt module's own tables, and whenever state spans lines (an open
+region, a key block) every line is fed. The result is the excerpt the line-by-line path gives.
+"""
+
+from __future__ import annotations
+
+import gzip
+import re
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from functools import cache
+from typing import Any, BinaryIO
+
+from bot.core import excerpt as rules
+from bot.core.excerpt import DEFAULT_BUDGET, FILL_LINES, Excerpter, PassingIndex
+from bot.core.logs import (
+    MAX_LINE_BYTES,
+    LogError,
+    LogLine,
+    is_zip,
+    list_zip_jobs,
+    open_stream,
+    open_zip_entry,
+    parse_line,
+    read_log,
+)
+from bot.core.redact import MIN_BASE64_RUN
+
+# Lines are read in pieces of about this size, each ending at a newline: big enough that the per-piece
+# work is nothing, small enough that the few pieces kept for the windows stay a few megabytes.
+CHUNK_BYTES = 4 * 1024 * 1024
+
+# The scan sees ANSI codes removed, one pass, as clean() removes them; an OSC string stops at a newline or
+# carriage return so that no line is joined to the next and no CR segment to the one before.
+_ANSI_BYTES = re.compile(rb"\x1b(?:\[[0-?]*[ -/]*[@-~]|\][^\x07\x1b\n\r]*(?:\x07|\x1b\\)?|[@-Z\\-_])")
+# Non-ASCII characters whose lowercase holds ASCII letters: `line_score` lowercases before it looks.
+_LOWERS_TO_ASCII = ("\u0130", "\u212a")
+
+
+# A test verdict counts only in one of the shapes of excerpt._TEST_RESULTS, each of which holds one of these
+# as written (the `ok N` of TAP is the pattern `ok [0-9]`); tests/test_scan.py checks the two agree.
+TEST_VERDICTS = ("PASSED", "FAILED", "ERROR", "RERUN", "--- FAIL", "--- PASS")
+
+
+def _literal(text: str) -> bytes:
+    """A pattern matching `text` byte for byte: letters and digits plain (so CASELESS applies), the rest hex."""
+    return b"".join(
+        bytes([byte]) if chr(byte).isascii() and chr(byte).isalnum() else b"\\x%02x" % byte
+        for byte in text.encode("utf-8")
+    )
+
+
+def candidate_patterns() -> list[tuple[bytes, int]]:
+    """Every pattern, with its hyperscan flags, whose absence from a line proves feeding it changes nothing.
+
+    A pattern may match more than it must (the line is then parsed for nothing) but never less, so each
+    reads the raw line anywhere, case-insensitively where the excerpter lowercases.
+    """
+    import hyperscan
+
+    caseless, multiline = hyperscan.HS_FLAG_CASELESS, hyperscan.HS_FLAG_MULTILINE
+    words = (
+        set(rules._STRONG_WORDS)
+        | set(rules._MEDIUM_WORDS)
+        | {level.lower() for level in rules._LOUD_LEVELS}
+        # Excerpter.feed looks for an exit marker only in a line with one of these.
+        | {"exit", "fail", "error"}
+    )
+    phrases = set(rules._STRONG_PHRASES) | set(_LOWERS_TO_ASCII)
+    patterns = [(_literal(word), caseless) for word in sorted(words | phrases)]
+    patterns += [(_literal(verdict), 0) for verdict in TEST_VERDICTS]
+    patterns += [
+        (rb"ok [0-9]", 0),
+        # A step starts (the parser's step, the excerpter's teardown), or a teardown line.
+        (_literal("##[group]Run "), 0),
+        (rules._TEARDOWN_LINE.pattern.removeprefix("^").encode(), caseless),
+        # Key material: a PEM block, or a base64 run that ends the line or a CR segment (Base64KeyBlock).
+        (_literal("PRIVATE KEY"), 0),
+        (rb"[A-Za-z0-9+/=]{%d}[ \t\x0b\x0c\x80-\xff]*(?:\r|$)" % MIN_BASE64_RUN, multiline),
+        # Control characters vanish in clean() and could join the pieces of a word.
+        (rb"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]", 0),
+        # `gh run view --log` prefixes set the job and step (logs.GH_RUN_VIEW_RE).
+        (rb"^[^\t\n]*\t[^\t\n]*\t(?:\xef\xbb\xbf)?\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d", multiline),
+    ]
+    return patterns
+
+
+@cache
+def _database() -> Any:
+    """The compiled scan, or None where hyperscan has no wheel (the line-by-line path then runs)."""
+    try:
+        import hyperscan
+    except ImportError:
+        return None
+    patterns = candidate_patterns()
+    database = hyperscan.Database(mode=hyperscan.HS_MODE_BLOCK)
+    database.compile(
+        expressions=[pattern for pattern, _ in patterns],
+        ids=list(range(len(patterns))),
+        elements=len(patterns),
+        flags=[flags for _, flags in patterns],
+    )
+    return database
+
+
+def available() -> bool:
+    """True when the bulk scan can run here."""
+    return _database() is not None
+
+
+def candidate_lines(buffer: bytes) -> list[int]:
+    """The indexes of the lines of `buffer` (split on newlines) that hold a candidate pattern."""
+    ends: list[int] = []
+    _database().scan(buffer, match_event_handler=lambda _id, _start, end, _flags, _context: ends.append(end))
+    if not ends:
+        return []
+    ends.sort()
+    found: list[int] = []
+    index, position, next_start = 0, 0, -1
+    for end in ends:
+        last = max(end - 1, 0)
+        if last < next_start:
+            continue  # another match on a line already found
+        index += buffer.count(b"\n", position, last)
+        position = last
+        found.append(index)
+        next_start = buffer.find(b"\n", last) + 1 or len(buffer) + 1
+    return found
+
+
+@dataclass(slots=True)
+class _Skipped:
+    """A run of lines that were not fed: raw bytes kept by reference, parsed from the end when read."""
+
+    raw: list[bytes]
+    start: int
+    end: int
+    first_number: int
+    job: str
+    step: str
+    max_line_bytes: int
+    # Kept (redacted, cut) non-empty lines parsed so far, newest first, and the raw index parsed down to.
+    parsed: list[LogLine] = field(default_factory=list)
+    cursor: int = -1
+
+    def newest(self, count: int) -> list[LogLine]:
+        """Up to `count` of the newest non-empty lines of the run, newest first."""
+        if self.cursor < 0:
+            self.cursor = self.end
+        while len(self.parsed) < count and self.cursor > self.start:
+            self.cursor -= 1
+            raw = self.raw[self.cursor]
+            truncated = len(raw) >= self.max_line_bytes
+            line, _ = parse_line(
+                raw[: self.max_line_bytes] if truncated else raw,
+                self.first_number + self.cursor - self.start,
+                self.job,
+                self.step,
+                truncated,
+            )
+            # A skipped line holds no key material, so what feed() keeps of it is only the cut.
+            if line.text.strip():
+                self.parsed.append(rules._kept(line))
+        return self.parsed[:count]
+
+
+class SparseExcerpter(Excerpter):
+    """An Excerpter fed only the lines that matter, told of the others as runs it can read back."""
+
+    def __init__(self, budget: int = DEFAULT_BUDGET, passing: PassingIndex | None = None) -> None:
+        super().__init__(budget, passing)
+        # Fed non-empty lines (as kept) and skipped runs, oldest first; `_dropped` counts entries pruned.
+        self._timeline: list[LogLine | _Skipped] = []
+        self._dropped = 0
+        self._feeding = False
+        self._pending: _LazyHistory | None = None
+
+    def feed(self, line: LogLine) -> None:
+        newest = self._history[-1] if self._history else None
+        self._feeding = True
+        try:
+            super().feed(line)
+        finally:
+            self._feeding = False
+        if self._history and self._history[-1] is not newest:
+            self._timeline.append(self._history[-1])
+
+    def skip(self, run: _Skipped, characters: int) -> None:
+        """Account for lines that were not fed; `characters` bounds their cleaned text from above."""
+        self._timeline.append(run)
+        self._characters += characters
+        self._job_order.setdefault(run.job, len(self._job_order))
+
+    def end_stream(self, job: str, lines: int) -> None:
+        """After the last line of one job's log: what feed() records of every line, for the skipped ones."""
+        if lines:
+            self._job_order.setdefault(job, len(self._job_order))
+            self._total = lines
+
+    def _newest(self, count: int, end: int | None = None) -> list[LogLine]:
+        """The newest `count` non-empty lines before timeline entry `end` (global index), oldest first."""
+        stop = (len(self._timeline) if end is None else end - self._dropped) - 1
+        found: list[LogLine] = []
+        while len(found) < count and stop >= 0:
+            entry = self._timeline[stop]
+            if isinstance(entry, _Skipped):
+                found.extend(entry.newest(count - len(found)))
+            else:
+                found.append(entry)
+            stop -= 1
+        found.reverse()
+        return found
+
+    def _recent_lines(self, count: int) -> list[LogLine]:
+        return self._newest(count)
+
+    def _history_lines(self) -> Iterable[LogLine]:
+        if not self._feeding:
+            return self._newest(FILL_LINES)
+        # At an exit marker: only the last one's history is ever read, so note where it ends for now.
+        self._pending = _LazyHistory(self, self._dropped + len(self._timeline), self._history[-1])
+        return self._pending
+
+    def prune(self) -> None:
+        """Drop what no window can read any more: everything before the newest FILL_LINES lines."""
+        if self._pending is not None:
+            self._pending.resolve()
+            self._pending = None
+        keep = FILL_LINES
+        index = len(self._timeline)
+        while keep > 0 and index > 0:
+            index -= 1
+            entry = self._timeline[index]
+            keep -= len(entry.newest(keep)) if isinstance(entry, _Skipped) else 1
+        if index > 0:
+            del self._timeline[:index]
+            self._dropped += index
+
+    def resolve(self, end: int, head: LogLine) -> list[LogLine]:
+        return [*self._newest(FILL_LINES - 1, end), head]
+
+
+class _LazyHistory:
+    """The history at an exit marker, built from the timeline when read or before it is pruned."""
+
+    def __init__(self, owner: SparseExcerpter, end: int, head: LogLine) -> None:
+        self._owner, self._end, self._head = owner, end, head
+        self._lines: list[LogLine] | None = None
+
+    def resolve(self) -> list[LogLine]:
+        if self._lines is None:
+            self._lines = self._owner.resolve(self._end, self._head)
+        return self._lines
+
+    def __iter__(self) -> Iterator[LogLine]:
+        return iter(self.resolve())
+
+
+def _chunks(stream: BinaryIO, size: int, max_line_bytes: int) -> Iterator[bytes]:
+    """Pieces of the stream that end at a newline (the last may not); an over-long line keeps its start only."""
+    while True:
+        block = stream.read(size)
+        if not block:
+            return
+        if block.endswith(b"\n"):
+            yield block
+            continue
+        pieces = [block]
+        partial = len(block) - (block.rfind(b"\n") + 1)
+        while True:
+            more = stream.readline(max_line_bytes)
+            if not more:
+                break
+            ended = more.endswith(b"\n")
+            body = more[:-1] if ended else more
+            room = max_line_bytes - partial
+            if room > 0:
+                pieces.append(body[:room])
+                partial += min(len(body), room)
+            if ended:
+                pieces.append(b"\n")
+                break
+        yield b"".join(pieces)
+
+
+def _feed_stream(excerpter: SparseExcerpter, stream: BinaryIO, job: str, max_line_bytes: int) -> None:
+    step = ""
+    number = 0
+    try:
+        for chunk in _chunks(open_stream(stream), CHUNK_BYTES, max_line_bytes):
+            raw = chunk.split(b"\n")
+            if chunk.endswith(b"\n"):
+                raw.pop()
+            clean_text = b"\xef\xbf\xbd" not in chunk and _decodes(chunk)
+            if clean_text:
+                candidates = candidate_lines(_ANSI_BYTES.sub(b"", chunk) if b"\x1b" in chunk else chunk)
+            else:
+                # Undecodable bytes count towards telling a binary from a log: read every line of this piece.
+                candidates = list(range(len(raw)))
+            step = _feed_chunk(excerpter, raw, candidates, number, job, step, max_line_bytes)
+            number += len(raw)
+            excerpter.prune()
+    except (OSError, EOFError, gzip.BadGzipFile) as exc:
+        raise LogError(f"the log could not be read: {exc}") from exc
+    excerpter.end_stream(job, number)
+
+
+def _decodes(data: bytes) -> bool:
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def _feed_chunk(
+    excerpter: SparseExcerpter,
+    raw: list[bytes],
+    candidates: list[int],
+    before: int,
+    job: str,
+    step: str,
+    max_line_bytes: int,
+) -> str:
+    """Feed the candidate lines of one piece, and every line while the excerpter wants them; return the step."""
+    index, count = 0, len(raw)
+    pending = iter(candidates)
+    target = next(pending, count)
+    while index < count:
+        if index < target and not excerpter.wants_every_line:
+            excerpter.skip(
+                _Skipped(raw, index, target, before + index + 1, job, step, max_line_bytes),
+                sum(map(len, raw[index:target])),
+            )
+            index = target
+            continue
+        line = raw[index]
+        truncated = len(line) >= max_line_bytes
+        parsed, step = parse_line(
+            line[:max_line_bytes] if truncated else line, before + index + 1, job, step, truncated
+        )
+        excerpter.feed(parsed)
+        index += 1
+        while target < index:
+            target = next(pending, count)
+    return step
+
+
+def excerpt_stream(
+    stream: BinaryIO,
+    budget: int = DEFAULT_BUDGET,
+    passing: PassingIndex | None = None,
+    max_line_bytes: int = MAX_LINE_BYTES,
+) -> Excerpter:
+    """Read any supported log (zip of job logs, gzip, plain) into an excerpter, ready for `finish()`."""
+    if not available():
+        excerpter = Excerpter(budget, passing)
+        for line in read_log(stream):
+            excerpter.feed(line)
+        return excerpter
+    sparse = SparseExcerpter(budget, passing)
+    if stream.seekable() and is_zip(stream):
+        import zipfile
+
+        from bot.core.logs import MAX_ZIP_TOTAL_BYTES
+
+        try:
+            archive = zipfile.ZipFile(stream)
+        except zipfile.BadZipFile as exc:
+            raise LogError(f"not a readable zip archive: {exc}") from exc
+        with archive:
+            total = sum(info.file_size for info in archive.infolist())
+            if total > MAX_ZIP_TOTAL_BYTES:
+                raise LogError(f"archive expands to {total} bytes, over the {MAX_ZIP_TOTAL_BYTES}-byte cap")
+            for entry in list_zip_jobs(archive):
+                _feed_stream(sparse, open_zip_entry(archive, entry.entry), entry.name, max_line_bytes)
+        return sparse
+    _feed_stream(sparse, stream, "", max_line_bytes)
+    return sparse

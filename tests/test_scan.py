@@ -213,7 +213,7 @@ def test_the_fallback_gives_the_same_excerpt(monkeypatch: pytest.MonkeyPatch) ->
 
 
 def test_candidates_come_from_the_excerpt_tables() -> None:
-    patterns = {pattern for pattern, _ in scan.candidate_patterns()}
+    patterns = {pattern for pattern, _, kind in scan.candidate_patterns() if kind == scan.SCORED}
     for word in rules._STRONG_WORDS | rules._MEDIUM_WORDS:
         assert scan._literal(word) in patterns
     for phrase in rules._STRONG_PHRASES:
@@ -240,7 +240,9 @@ def test_only_two_characters_lowercase_into_ascii() -> None:
 
 def test_candidate_lines_finds_each_line_once() -> None:
     buffer = b"ok\nan error and a failure\nnothing\n\nfatal\nerror"
-    assert scan.candidate_lines(buffer) == [1, 4, 5]
+    assert scan.candidate_lines(buffer) == {1: scan.SCORED, 4: scan.SCORED, 5: scan.SCORED}
+    verdicts = b"x\ntest_a PASSED\nok 3 parses\nRun make\n##[group]Run make\n--- PASS: TestX and an error"
+    assert scan.candidate_lines(verdicts) == {1: scan.VERDICT, 2: scan.VERDICT, 4: scan.PLAIN, 5: scan.SCORED}
 
 
 def _differs(dataset: str, row: dict[str, str]) -> str | None:

@@ -58,7 +58,7 @@ def clean(raw: str) -> str:
     text = GHA_TIMESTAMP_RE.sub("", text, count=1)
     if text.startswith("["):
         text = BRACKET_TIMESTAMP_RE.sub("", text, count=1)
-    if TRAVIS_FOLD_RE.match(text):
+    if text.startswith("travis_") and TRAVIS_FOLD_RE.match(text):
         text = ""
     text = CONTROL_RE.sub("", text)
     return text.rstrip()
@@ -112,19 +112,20 @@ def parse_line(raw: bytes, number: int, job: str, step: str, truncated: bool = F
     """Parse one raw line (without `\\n`) given the step in effect; return it and the step after it."""
     text = raw.decode("utf-8", errors="replace")
     line_job = job
-    prefixed = GH_RUN_VIEW_RE.match(text)
+    # The cheap tests first: most lines have no tab and start with neither `##[` nor `::`.
+    prefixed = GH_RUN_VIEW_RE.match(text) if "\t" in text else None
     if prefixed:
         line_job, step = prefixed.group(1), prefixed.group(2)
         text = text[prefixed.end() :]
     text = clean(text)
     marker = ""
-    command = COMMAND_RE.match(text)
+    command = COMMAND_RE.match(text) if text.startswith("##[") else None
     if command:
         marker = command.group(1)
         text = text[command.end() :]
         if marker == "group" and text.startswith("Run ") and not prefixed:
             step = text[4:].strip()
-    else:
+    elif text.startswith("::"):
         workflow_command = WORKFLOW_COMMAND_RE.match(text)
         if workflow_command:
             marker = workflow_command.group(1)

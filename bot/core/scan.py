@@ -55,8 +55,14 @@ def _literal(text: str) -> bytes:
     )
 
 
-def candidate_patterns() -> list[tuple[bytes, int]]:
-    """Every pattern, with its hyperscan flags, whose absence from a line proves feeding it changes nothing.
+# What a line's patterns say it needs, strongest first: scoring; a test-verdict check (which matters only
+# while a failed test awaits its rerun); or only the bookkeeping of steps, teardown and keys (`plain`).
+SCORED, VERDICT, PLAIN = 0, 1, 2
+
+
+def candidate_patterns() -> list[tuple[bytes, int, int]]:
+    """Every pattern, with its hyperscan flags and kind, whose absence from a line proves feeding it changes
+    nothing.
 
     A pattern may match more than it must (the line is then parsed for nothing) but never less, so each
     reads the raw line anywhere, case-insensitively where the excerpter lowercases.
@@ -72,20 +78,20 @@ def candidate_patterns() -> list[tuple[bytes, int]]:
         | {"exit", "fail", "error"}
     )
     phrases = set(rules._STRONG_PHRASES) | set(_LOWERS_TO_ASCII)
-    patterns = [(_literal(word), caseless) for word in sorted(words | phrases)]
-    patterns += [(_literal(verdict), 0) for verdict in TEST_VERDICTS]
+    patterns = [(_literal(word), caseless, SCORED) for word in sorted(words | phrases)]
     patterns += [
-        (rb"ok [0-9]", 0),
-        # A step starts (the parser's step, the excerpter's teardown), or a teardown line.
-        (_literal("##[group]Run "), 0),
-        (rules._TEARDOWN_LINE.pattern.removeprefix("^").encode(), caseless),
-        # Key material: a PEM block, or a base64 run that ends the line or a CR segment (Base64KeyBlock).
-        (_literal("PRIVATE KEY"), 0),
-        (rb"[A-Za-z0-9+/=]{%d}[ \t\x0b\x0c\x80-\xff]*(?:\r|$)" % MIN_BASE64_RUN, multiline),
         # Control characters vanish in clean() and could join the pieces of a word.
-        (rb"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]", 0),
+        (rb"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]", 0, SCORED),
+        *[(_literal(verdict), 0, VERDICT) for verdict in TEST_VERDICTS],
+        (rb"ok [0-9]", 0, VERDICT),
+        # A step starts (the parser's step, the excerpter's teardown), or a teardown line.
+        (_literal("##[group]Run "), 0, PLAIN),
+        (rules._TEARDOWN_LINE.pattern.removeprefix("^").encode(), caseless, PLAIN),
+        # Key material: a PEM block, or a base64 run that ends the line or a CR segment (Base64KeyBlock).
+        (_literal("PRIVATE KEY"), 0, PLAIN),
+        (rb"[A-Za-z0-9+/=]{%d}[ \t\x0b\x0c\x80-\xff]*(?:\r|$)" % MIN_BASE64_RUN, multiline, PLAIN),
         # `gh run view --log` prefixes set the job and step (logs.GH_RUN_VIEW_RE).
-        (rb"^[^\t\n]*\t[^\t\n]*\t(?:\xef\xbb\xbf)?\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d", multiline),
+        (rb"^[^\t\n]*\t[^\t\n]*\t(?:\xef\xbb\xbf)?\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d", multiline, PLAIN),
     ]
     return patterns
 
@@ -99,11 +105,12 @@ def _database() -> Any:
         return None
     patterns = candidate_patterns()
     database = hyperscan.Database(mode=hyperscan.HS_MODE_BLOCK)
+    # A pattern's id is its kind: a line needs what its strongest match says.
     database.compile(
-        expressions=[pattern for pattern, _ in patterns],
-        ids=list(range(len(patterns))),
+        expressions=[pattern for pattern, _, _ in patterns],
+        ids=[kind for _, _, kind in patterns],
         elements=len(patterns),
-        flags=[flags for _, flags in patterns],
+        flags=[flags for _, flags, _ in patterns],
     )
     return database
 
@@ -113,23 +120,22 @@ def available() -> bool:
     return _database() is not None
 
 
-def candidate_lines(buffer: bytes) -> list[int]:
-    """The indexes of the lines of `buffer` (split on newlines) that hold a candidate pattern."""
-    ends: list[int] = []
-    _database().scan(buffer, match_event_handler=lambda _id, _start, end, _flags, _context: ends.append(end))
-    if not ends:
-        return []
-    ends.sort()
-    found: list[int] = []
-    index, position, next_start = 0, 0, -1
-    for end in ends:
+def candidate_lines(buffer: bytes) -> dict[int, int]:
+    """The lines of `buffer` (split on newlines) that hold a candidate pattern, by index, with their kind."""
+    hits: list[tuple[int, int]] = []
+    _database().scan(buffer, match_event_handler=lambda kind, _start, end, _flags, _ctx: hits.append((end, kind)))
+    hits.sort()
+    found: dict[int, int] = {}
+    index, position, next_start = -1, 0, -1
+    for end, kind in hits:
         last = max(end - 1, 0)
-        if last < next_start:
-            continue  # another match on a line already found
-        index += buffer.count(b"\n", position, last)
-        position = last
-        found.append(index)
-        next_start = buffer.find(b"\n", last) + 1 or len(buffer) + 1
+        if last >= next_start:
+            index += buffer.count(b"\n", position, last) + (index < 0)
+            position = last
+            next_start = buffer.find(b"\n", last) + 1 or len(buffer) + 1
+            found[index] = kind
+        elif kind < found[index]:
+            found[index] = kind
     return found
 
 
@@ -180,15 +186,24 @@ class SparseExcerpter(Excerpter):
         self._feeding = False
         self._pending: _LazyHistory | None = None
 
-    def feed(self, line: LogLine) -> None:
+    def feed(self, line: LogLine, plain: bool = False) -> None:
         newest = self._history[-1] if self._history else None
         self._feeding = True
         try:
-            super().feed(line)
+            super().feed(line, plain)
         finally:
             self._feeding = False
         if self._history and self._history[-1] is not newest:
             self._timeline.append(self._history[-1])
+
+    def awaits(self, raw: bytes) -> bool:
+        """Whether a line whose only candidate is a test verdict can be the rerun of a failed test.
+
+        The test's name, taken from the cleaned line, is then in the raw bytes too, unless an ANSI code
+        split it (a control character makes the line a scored candidate anyway).
+        """
+        tests = self._tests
+        return bool(tests) and (b"\x1b" in raw or any(name.encode() in raw for name in tests))
 
     def skip(self, run: _Skipped, characters: int) -> None:
         """Account for lines that were not fed; `characters` bounds their cleaned text from above."""
@@ -301,7 +316,7 @@ def _feed_stream(excerpter: SparseExcerpter, stream: BinaryIO, job: str, max_lin
                 candidates = candidate_lines(_ANSI_BYTES.sub(b"", chunk) if b"\x1b" in chunk else chunk)
             else:
                 # Undecodable bytes count towards telling a binary from a log: read every line of this piece.
-                candidates = list(range(len(raw)))
+                candidates = dict.fromkeys(range(len(raw)), SCORED)
             step = _feed_chunk(excerpter, raw, candidates, number, job, step, max_line_bytes)
             number += len(raw)
             excerpter.prune()
@@ -321,7 +336,7 @@ def _decodes(data: bytes) -> bool:
 def _feed_chunk(
     excerpter: SparseExcerpter,
     raw: list[bytes],
-    candidates: list[int],
+    candidates: dict[int, int],
     before: int,
     job: str,
     step: str,
@@ -329,22 +344,25 @@ def _feed_chunk(
 ) -> str:
     """Feed the candidate lines of one piece, and every line while the excerpter wants them; return the step."""
     index, count = 0, len(raw)
-    pending = iter(candidates)
+    pending = iter(candidates)  # in line order, as candidate_lines found them
     target = next(pending, count)
     while index < count:
-        if index < target and not excerpter.wants_every_line:
-            excerpter.skip(
-                _Skipped(raw, index, target, before + index + 1, job, step, max_line_bytes),
-                sum(map(len, raw[index:target])),
-            )
-            index = target
-            continue
+        if not excerpter.wants_every_line:
+            while target < count and candidates[target] == VERDICT and not excerpter.awaits(raw[target]):
+                target = next(pending, count)
+            if index < target:
+                excerpter.skip(
+                    _Skipped(raw, index, target, before + index + 1, job, step, max_line_bytes),
+                    sum(map(len, raw[index:target])),
+                )
+                index = target
+                continue
         line = raw[index]
         truncated = len(line) >= max_line_bytes
         parsed, step = parse_line(
             line[:max_line_bytes] if truncated else line, before + index + 1, job, step, truncated
         )
-        excerpter.feed(parsed)
+        excerpter.feed(parsed, plain=candidates.get(index, PLAIN) == PLAIN)
         index += 1
         while target < index:
             target = next(pending, count)

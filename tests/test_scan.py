@@ -26,7 +26,8 @@ from bot.core.redact import contains_secret
 FIXTURES = Path(__file__).parent / "fixtures" / "logs"
 TS = "2024-05-01T10:00:00.0000000Z "
 
-pytestmark = pytest.mark.skipif(not scan.available(), reason="hyperscan has no wheel for this platform")
+# Where hyperscan has no wheel every comparison below checks the line-by-line fallback instead.
+needs_scan = pytest.mark.skipif(not scan.available(), reason="hyperscan has no wheel for this platform")
 
 
 def reference(data: bytes, budget: int, passing: PassingIndex | None = None) -> Excerpter:
@@ -40,7 +41,7 @@ def assert_same(data: bytes, budget: int = 4096, passing: PassingIndex | None = 
     """Both paths agree on the excerpt and on whether the input is text; return the excerpt."""
     slow = reference(data, budget, passing)
     fast = scan.excerpt_stream(io.BytesIO(data), budget, passing)
-    assert isinstance(fast, scan.SparseExcerpter)
+    assert isinstance(fast, scan.SparseExcerpter) == scan.available()
     expected, got = slow.finish(), fast.finish()
     assert got == expected
     assert fast.looks_binary == slow.looks_binary
@@ -212,6 +213,7 @@ def test_the_fallback_gives_the_same_excerpt(monkeypatch: pytest.MonkeyPatch) ->
     assert fallback.finish() == reference(data, 4096).finish()
 
 
+@needs_scan
 def test_candidates_come_from_the_excerpt_tables() -> None:
     patterns = {pattern for pattern, _, kind in scan.candidate_patterns() if kind == scan.SCORED}
     for word in rules._STRONG_WORDS | rules._MEDIUM_WORDS:
@@ -238,6 +240,7 @@ def test_only_two_characters_lowercase_into_ascii() -> None:
     assert found == set(scan._LOWERS_TO_ASCII)
 
 
+@needs_scan
 def test_candidate_lines_finds_each_line_once() -> None:
     buffer = b"ok\nan error and a failure\nnothing\n\nfatal\nerror"
     assert scan.candidate_lines(buffer) == {1: scan.SCORED, 4: scan.SCORED, 5: scan.SCORED}
@@ -257,10 +260,11 @@ def _differs(dataset: str, row: dict[str, str]) -> str | None:
     return None if fast == reference(data, 4096, passing).finish() else row["id"]
 
 
+@pytest.mark.timeout(600)  # about 30 s on an idle machine; the default cap is too tight on a busy one
 def test_dataset_logs_excerpt_the_same(dataset_dir: Path) -> None:
     rows = [json.loads(line) for line in (dataset_dir / "manifest.jsonl").read_text().splitlines() if line.strip()]
     assert rows
     # The line-by-line reference is what takes the time: two processes halve it.
     with ProcessPoolExecutor(2) as pool:
-        differing = [case for case in pool.map(_differs, [str(dataset_dir)] * len(rows), rows, chunksize=8) if case]
+        differing = [case for case in pool.map(_differs, [str(dataset_dir)] * len(rows), rows) if case]
     assert differing == []

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import gzip
 import re
+import threading
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from functools import cache
@@ -96,6 +97,9 @@ def candidate_patterns() -> list[tuple[bytes, int, int]]:
     return patterns
 
 
+_SCAN_LOCK = threading.Lock()
+
+
 @cache
 def _database() -> Any:
     """The compiled scan, or None where hyperscan has no wheel (the line-by-line path then runs)."""
@@ -123,7 +127,8 @@ def available() -> bool:
 def candidate_lines(buffer: bytes) -> dict[int, int]:
     """The lines of `buffer` (split on newlines) that hold a candidate pattern, by index, with their kind."""
     hits: list[tuple[int, int]] = []
-    _database().scan(buffer, match_event_handler=lambda kind, _start, end, _flags, _ctx: hits.append((end, kind)))
+    with _SCAN_LOCK:  # a compiled database has one scratch space, so one scan at a time
+        _database().scan(buffer, match_event_handler=lambda kind, _start, end, _flags, _ctx: hits.append((end, kind)))
     hits.sort()
     found: dict[int, int] = {}
     index, position, next_start = -1, 0, -1

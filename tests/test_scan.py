@@ -40,7 +40,7 @@ def reference(data: bytes, budget: int, passing: PassingIndex | None = None) -> 
 def assert_same(data: bytes, budget: int = 4096, passing: PassingIndex | None = None) -> Excerpt:
     """Both paths agree on the excerpt and on whether the input is text; return the excerpt."""
     slow = reference(data, budget, passing)
-    fast = scan.excerpt_stream(io.BytesIO(data), budget, passing)
+    fast = scan.excerpt_stream(io.BytesIO(data), budget, passing, small_bytes=0)
     assert isinstance(fast, scan.SparseExcerpter) == scan.available()
     expected, got = slow.finish(), fast.finish()
     assert got == expected
@@ -205,10 +205,20 @@ def test_without_a_final_newline_and_with_blank_lines() -> None:
     assert_same(body)
 
 
+def test_a_small_log_is_read_line_by_line() -> None:
+    data = (FIXTURES / "gha-gradle-test-failure.log").read_bytes()
+    for stream in (io.BytesIO(data), io.BytesIO(gzip.compress(data))):
+        small = scan.excerpt_stream(stream, 4096)
+        assert not isinstance(small, scan.SparseExcerpter)
+        assert small.finish() == reference(data, 4096).finish()
+    big = scan.excerpt_stream(io.BytesIO(data), 4096, small_bytes=len(data))
+    assert isinstance(big, scan.SparseExcerpter) == scan.available()
+
+
 def test_the_fallback_gives_the_same_excerpt(monkeypatch: pytest.MonkeyPatch) -> None:
     data = (FIXTURES / "gha-gradle-test-failure.log").read_bytes()
     monkeypatch.setattr(scan, "available", lambda: False)
-    fallback = scan.excerpt_stream(io.BytesIO(data), 4096)
+    fallback = scan.excerpt_stream(io.BytesIO(data), 4096, small_bytes=0)
     assert not isinstance(fallback, scan.SparseExcerpter)
     assert fallback.finish() == reference(data, 4096).finish()
 
@@ -256,7 +266,7 @@ def _differs(dataset: str, row: dict[str, str]) -> str | None:
         with (folder / row["pass_log"]).open("rb") as stream:
             passing = PassingIndex.build(read_log(stream))
     data = (folder / row["log"]).read_bytes()
-    fast = scan.excerpt_stream(io.BytesIO(data), 4096, passing).finish()
+    fast = scan.excerpt_stream(io.BytesIO(data), 4096, passing, small_bytes=0).finish()
     return None if fast == reference(data, 4096, passing).finish() else row["id"]
 
 

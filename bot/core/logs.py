@@ -228,6 +228,12 @@ class _CappedReader(io.RawIOBase):
 
 def iter_zip_lines(stream: BinaryIO, max_total_bytes: int = MAX_ZIP_TOTAL_BYTES) -> Iterator[LogLine]:
     """Yield the lines of every job in a run-logs archive, each labeled with its job."""
+    for name, entry in iter_zip_jobs(stream, max_total_bytes):
+        yield from parse_lines(entry, job=name)
+
+
+def iter_zip_jobs(stream: BinaryIO, max_total_bytes: int = MAX_ZIP_TOTAL_BYTES) -> Iterator[tuple[str, BinaryIO]]:
+    """Yield the name and a capped byte stream of every job log in a run-logs archive, in the runner's order."""
     try:
         archive = zipfile.ZipFile(stream)
     except zipfile.BadZipFile as exc:
@@ -237,7 +243,7 @@ def iter_zip_lines(stream: BinaryIO, max_total_bytes: int = MAX_ZIP_TOTAL_BYTES)
         if total > max_total_bytes:
             raise LogError(f"archive expands to {total} bytes, over the {max_total_bytes}-byte cap")
         for job in list_zip_jobs(archive):
-            yield from parse_lines(open_zip_entry(archive, job.entry), job=job.name)
+            yield job.name, open_zip_entry(archive, job.entry)
 
 
 def is_zip(stream: BinaryIO) -> bool:

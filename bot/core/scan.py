@@ -10,6 +10,8 @@ region, a key block) every line is fed. The result is the excerpt the line-by-li
 from __future__ import annotations
 
 import gzip
+import io
+import itertools
 import re
 import threading
 from collections.abc import Iterable, Iterator
@@ -24,17 +26,19 @@ from bot.core.logs import (
     LogError,
     LogLine,
     is_zip,
-    list_zip_jobs,
+    iter_zip_jobs,
     open_stream,
-    open_zip_entry,
     parse_line,
     read_log,
+    read_raw_lines,
 )
 from bot.core.redact import MIN_BASE64_RUN
 
 # Lines are read in pieces of about this size, each ending at a newline: big enough that the per-piece
 # work is nothing, small enough that the few pieces kept for the windows stay a few megabytes.
 CHUNK_BYTES = 4 * 1024 * 1024
+# Below this a log is read line by line, which takes less time than compiling the scan.
+SMALL_LOG_BYTES = 256 * 1024
 
 # The scan sees ANSI codes removed, one pass, as clean() removes them; an OSC string stops at a newline or
 # carriage return so that no line is joined to the next and no CR segment to the one before.
@@ -308,11 +312,11 @@ def _chunks(stream: BinaryIO, size: int, max_line_bytes: int) -> Iterator[bytes]
         yield b"".join(pieces)
 
 
-def _feed_stream(excerpter: SparseExcerpter, stream: BinaryIO, job: str, max_line_bytes: int) -> None:
+def _feed_stream(excerpter: SparseExcerpter, chunks: Iterable[bytes], job: str, max_line_bytes: int) -> None:
     step = ""
     number = 0
     try:
-        for chunk in _chunks(open_stream(stream), CHUNK_BYTES, max_line_bytes):
+        for chunk in chunks:
             raw = chunk.split(b"\n")
             if chunk.endswith(b"\n"):
                 raw.pop()
@@ -328,6 +332,20 @@ def _feed_stream(excerpter: SparseExcerpter, stream: BinaryIO, job: str, max_lin
     except (OSError, EOFError, gzip.BadGzipFile) as exc:
         raise LogError(f"the log could not be read: {exc}") from exc
     excerpter.end_stream(job, number)
+
+
+def _parse_chunks(chunks: Iterable[bytes], job: str, max_line_bytes: int) -> Iterator[LogLine]:
+    """Every line of the pieces, as parse_lines gives them from the stream they came from."""
+    step = ""
+    number = 0
+    try:
+        for chunk in chunks:
+            for raw, truncated in read_raw_lines(io.BytesIO(chunk), max_line_bytes):
+                number += 1
+                line, step = parse_line(raw, number, job, step, truncated)
+                yield line
+    except (OSError, EOFError, gzip.BadGzipFile) as exc:
+        raise LogError(f"the log could not be read: {exc}") from exc
 
 
 def _decodes(data: bytes) -> bool:
@@ -379,29 +397,36 @@ def excerpt_stream(
     budget: int = DEFAULT_BUDGET,
     passing: PassingIndex | None = None,
     max_line_bytes: int = MAX_LINE_BYTES,
+    small_bytes: int = SMALL_LOG_BYTES,
 ) -> Excerpter:
-    """Read any supported log (zip of job logs, gzip, plain) into an excerpter, ready for `finish()`."""
-    if not available():
-        excerpter = Excerpter(budget, passing)
-        for line in read_log(stream):
-            excerpter.feed(line)
-        return excerpter
-    sparse = SparseExcerpter(budget, passing)
+    """Read any supported log (zip of job logs, gzip, plain) into an excerpter, ready for `finish()`.
+
+    A log smaller than `small_bytes` is read line by line: that is quicker than compiling the scan.
+    """
     if stream.seekable() and is_zip(stream):
-        import zipfile
-
-        from bot.core.logs import MAX_ZIP_TOTAL_BYTES
-
-        try:
-            archive = zipfile.ZipFile(stream)
-        except zipfile.BadZipFile as exc:
-            raise LogError(f"not a readable zip archive: {exc}") from exc
-        with archive:
-            total = sum(info.file_size for info in archive.infolist())
-            if total > MAX_ZIP_TOTAL_BYTES:
-                raise LogError(f"archive expands to {total} bytes, over the {MAX_ZIP_TOTAL_BYTES}-byte cap")
-            for entry in list_zip_jobs(archive):
-                _feed_stream(sparse, open_zip_entry(archive, entry.entry), entry.name, max_line_bytes)
+        if not available():
+            return _line_by_line(read_log(stream), budget, passing)
+        sparse = SparseExcerpter(budget, passing)
+        for name, entry in iter_zip_jobs(stream):
+            _feed_stream(sparse, _chunks(open_stream(entry), CHUNK_BYTES, max_line_bytes), name, max_line_bytes)
         return sparse
-    _feed_stream(sparse, stream, "", max_line_bytes)
+    try:
+        source = open_stream(stream)
+        pieces = _chunks(source, CHUNK_BYTES, max_line_bytes)
+        first = next(pieces, b"")
+        whole = not source.peek(1)  # type: ignore[attr-defined]
+    except (OSError, EOFError, gzip.BadGzipFile) as exc:
+        raise LogError(f"the log could not be read: {exc}") from exc
+    chunks = itertools.chain([first] if first else [], pieces)
+    if (whole and len(first) < small_bytes) or not available():
+        return _line_by_line(_parse_chunks(chunks, "", max_line_bytes), budget, passing)
+    sparse = SparseExcerpter(budget, passing)
+    _feed_stream(sparse, chunks, "", max_line_bytes)
     return sparse
+
+
+def _line_by_line(lines: Iterable[LogLine], budget: int, passing: PassingIndex | None) -> Excerpter:
+    excerpter = Excerpter(budget, passing)
+    for line in lines:
+        excerpter.feed(line)
+    return excerpter

@@ -65,6 +65,22 @@ def _literal(text: str) -> bytes:
 SCORED, VERDICT, PLAIN = 0, 1, 2
 
 
+def scored_literals() -> list[str]:
+    """The words and phrases that can give a line a score, less each one that holds another (`failed` holds
+    `fail`): a line with the longer holds the shorter, and every extra match is a call into Python."""
+    texts = (
+        set(rules._STRONG_WORDS)
+        | set(rules._MEDIUM_WORDS)
+        | set(rules._STRONG_PHRASES)
+        | {level.lower() for level in rules._LOUD_LEVELS}
+        | set(_LOWERS_TO_ASCII)
+        # Excerpter.feed looks for an exit marker only in a line with one of these.
+        | {"exit", "fail", "error"}
+    )
+    # The tables are lowercase already; lowercasing here would turn the Kelvin sign into a plain `k`.
+    return sorted(text for text in texts if not any(other != text and other in text for other in texts))
+
+
 def candidate_patterns() -> list[tuple[bytes, int, int]]:
     """Every pattern, with its hyperscan flags and kind, whose absence from a line proves feeding it changes
     nothing.
@@ -75,15 +91,7 @@ def candidate_patterns() -> list[tuple[bytes, int, int]]:
     import hyperscan
 
     caseless, multiline = hyperscan.HS_FLAG_CASELESS, hyperscan.HS_FLAG_MULTILINE
-    words = (
-        set(rules._STRONG_WORDS)
-        | set(rules._MEDIUM_WORDS)
-        | {level.lower() for level in rules._LOUD_LEVELS}
-        # Excerpter.feed looks for an exit marker only in a line with one of these.
-        | {"exit", "fail", "error"}
-    )
-    phrases = set(rules._STRONG_PHRASES) | set(_LOWERS_TO_ASCII)
-    patterns = [(_literal(word), caseless, SCORED) for word in sorted(words | phrases)]
+    patterns = [(_literal(text), caseless, SCORED) for text in scored_literals()]
     patterns += [
         # Control characters vanish in clean() and could join the pieces of a word.
         (rb"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]", 0, SCORED),
@@ -130,13 +138,15 @@ def available() -> bool:
 
 def candidate_lines(buffer: bytes) -> dict[int, int]:
     """The lines of `buffer` (split on newlines) that hold a candidate pattern, by index, with their kind."""
-    hits: list[tuple[int, int]] = []
+    hits: list[int] = []
     with _SCAN_LOCK:  # a compiled database has one scratch space, so one scan at a time
-        _database().scan(buffer, match_event_handler=lambda kind, _start, end, _flags, _ctx: hits.append((end, kind)))
+        # One int per match, end offset and kind together, sorts fastest.
+        _database().scan(buffer, match_event_handler=lambda kind, _from, end, _flags, _c: hits.append(end << 2 | kind))
     hits.sort()
     found: dict[int, int] = {}
     index, position, next_start = -1, 0, -1
-    for end, kind in hits:
+    for hit in hits:
+        end, kind = hit >> 2, hit & 3
         last = max(end - 1, 0)
         if last >= next_start:
             index += buffer.count(b"\n", position, last) + (index < 0)

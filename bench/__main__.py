@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
-from bench import prompt_size, recall, throughput
+from bench import intake, pipeline, prompt_size, recall, throughput
 
 
 def main() -> int:
-    for name, bench in (("throughput", throughput), ("excerpt recall", recall), ("prompt size", prompt_size)):
+    benches = (
+        ("throughput", throughput),
+        ("excerpt recall", recall),
+        ("prompt size", prompt_size),
+        ("webhook intake", intake),
+        ("webhook to comment", pipeline),
+    )
+    for name, bench in benches:
         print(f"\n== {name} ==", flush=True)
         bench.main([])
     return 0

@@ -14,9 +14,19 @@ from bot.adapters.github import Comment, InstallationClient
 from bot.adapters.store import EffectRecord, Store
 from bot.core import templates
 from bot.core.render import marker
-from bot.plan import CheckRunStep, ConfigProblemIssue, IncidentIssue, Step, StickyComment
+from bot.plan import (
+    CheckRunStep,
+    ConfigProblemIssue,
+    IncidentIssue,
+    IssueAlert,
+    NotifyProblemIssue,
+    Step,
+    StickyComment,
+    alert_key,
+)
 from bot.policy.gates import Decision, RateGate
 from bot.policy.repo_config import RepoConfig
+from bot.ports import Notifier
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +86,7 @@ class Executor:
         bot_login: str,
         locks: KeyedLocks,
         rate: RateGate | None = None,
+        notifier: Notifier | None = None,
     ) -> None:
         self.client = client
         self.store = store
@@ -85,10 +96,14 @@ class Executor:
         self.bot_login = bot_login
         self.locks = locks
         self.rate = rate or RateGate(store, clock)
+        self.notifier = notifier
+        #: Keys of the incident issues whose opening the plan asks to alert about.
+        self._announced: frozenset[str] = frozenset()
         #: How long a claim made outside the queue (no lease to renew) is trusted to be in progress.
         self.claim_timeout = timedelta(seconds=client.longest_call) + CLAIM_MARGIN
 
     def run(self, steps: Sequence[Step]) -> list[Done]:
+        self._announced = frozenset(step.issue_key for step in steps if isinstance(step, IssueAlert))
         # One at a time, in plan order: SECURITY item 9 wants writes serialised anyway.
         return [self._run_one(step) for step in steps]
 
@@ -99,6 +114,8 @@ class Executor:
             return self.check_run(step)
         if isinstance(step, IncidentIssue):
             return self.incident_issue(step)
+        if isinstance(step, IssueAlert):
+            return self.issue_alert(step)
         return self.config_issue(step)
 
     # ---- ledger ------------------------------------------------------------------------------------
@@ -137,8 +154,8 @@ class Executor:
     def _complete(self, key: str, target: str) -> None:
         self.store.complete_effect(key, target=target, now=self.clock())
 
-    def _limit(self, action: str, key: str, limit: int) -> Decision:
-        decision = self.rate.take(action, key, limit)
+    def _limit(self, action: str, key: str, limit: int, for_work: str | None = None) -> Decision:
+        decision = self.rate.take(action, key, limit, for_work=for_work)
         if not decision:
             log.warning("refused %s for %s: %s", action, key, "; ".join(decision.reasons))
         return decision
@@ -265,9 +282,19 @@ class Executor:
             allowed = self._limit("issues", step.repository, self.config.rate_limits.issues_per_hour)
             if not allowed:
                 return Done(step.describe(), "refused", None, allowed.reasons)
-            number = self.client.create_issue(
-                step.repository, step.title, step.body(count, now), step.labels
-            ).number
+            issue = self.client.create_issue(step.repository, step.title, step.body(count, now), step.labels)
+            number = issue.number
+            if step.key in self._announced:
+                # Armed before the issue's own claim is completed, so a retry after a crash from here on
+                # still finds the alert to send; a repeat of the failure never arms one.
+                self.store.record_effect(
+                    alert_key(step.repository, number),
+                    kind="alert",
+                    repository=step.repository,
+                    now=self.clock(),
+                    delivery_id=self.delivery_id,
+                    detail={"url": issue.html_url},
+                )
             self._complete(key, str(number))
         self.store.link_incident(step.repository, step.fingerprint, issue_number=number)
         self._complete(step.occurrence_key, str(number))
@@ -293,7 +320,41 @@ class Executor:
         self._complete(step.occurrence_key, str(number))
         return Done(step.describe(), "occurrence", str(number))
 
-    def config_issue(self, step: ConfigProblemIssue) -> Done:
+    def issue_alert(self, step: IssueAlert) -> Done:
+        """Send the alert armed when the issue was opened, once; nothing for an issue that was not new."""
+        incident = self.store.get_incident(step.repository, step.fingerprint)
+        number = incident.issue_number if incident is not None else None
+        if number is None:
+            return Done(step.describe(), "skipped", None, ("no issue was opened",))
+        key = alert_key(step.repository, number)
+        with self.locks.hold(key):
+            armed = self.store.get_effect(key)
+            if armed is None:
+                return Done(step.describe(), "skipped", str(number), ("the issue is not new",))
+            if armed.completed:
+                return Done(step.describe(), "skipped", armed.target, ("already alerted",))
+            if self._claim(key, "alert", step.repository) is not None:
+                return Done(step.describe(), "skipped", None, ("already alerted",))
+            if self.notifier is None:
+                self._complete(key, "no notifier")
+                return Done(step.describe(), "skipped", None, ("no notifier is wired",))
+            # Keyed by the alert, so a retry after a crash mid-send does not spend a second unit.
+            allowed = self._limit(
+                "notifications", step.repository, self.config.rate_limits.notifications_per_hour, for_work=key
+            )
+            if not allowed:
+                # Not kept for later: an alert hours late about an issue people have seen helps nobody.
+                self._complete(key, "refused")
+                return Done(step.describe(), "refused", None, allowed.reasons)
+            url = str((armed.detail or {}).get("url") or "")
+            results = self.notifier.send(step.targets, step.title, step.body(url))
+            sent = sum(result.sent for result in results)
+            # A target that failed is logged and reported, never retried: the delivery must not fail for it.
+            self._complete(key, f"sent {sent}/{len(results)}")
+            failures = tuple(f"{result.target}: {result.reason}" for result in results if not result.sent)
+            return Done(step.describe(), "sent" if sent else "failed", f"{sent}/{len(results)}", failures)
+
+    def config_issue(self, step: ConfigProblemIssue | NotifyProblemIssue) -> Done:
         with self.locks.hold(step.key):
             done = self._claim(step.key, "config_issue", step.repository)
             if done:
@@ -305,8 +366,6 @@ class Executor:
                 allowed = self._limit("issues", step.repository, self.config.rate_limits.issues_per_hour)
                 if not allowed:
                     return Done(step.describe(), "refused", None, allowed.reasons)
-                found = self.client.create_issue(
-                    step.repository, templates.CONFIG_ISSUE_TITLE, step.body(), ["mendbot"]
-                )
+                found = self.client.create_issue(step.repository, step.title, step.body(), ["mendbot"])
             self._complete(step.key, str(found.number))
             return Done(step.describe(), "created", str(found.number))

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
+import re
+import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -14,6 +17,9 @@ from bot.ports import DiagnosisResult
 
 # A config problem names the key it is about; a key can be as long as the file allows.
 MAX_PROBLEM_CHARS = 500
+# An alert is a one-line summary, not the diagnosis: chat services cut long messages anyway.
+MAX_ALERT_LINE_CHARS = 400
+_MARKDOWN_LINK_RE = re.compile(r"\]\s*\(")
 
 
 @dataclass(frozen=True)
@@ -281,6 +287,10 @@ class ConfigProblemIssue:
     def marker(self) -> str:
         return templates.CONFIG_MARKER.format(digest=self.digest)
 
+    @property
+    def title(self) -> str:
+        return templates.CONFIG_ISSUE_TITLE
+
     def body(self) -> str:
         """The problems as a list, as many as fit in GitHub's body limit."""
         room = MAX_BODY_CHARS - len(templates.CONFIG_ISSUE_BODY.format(problems="", marker=self.marker)) - 100
@@ -299,7 +309,84 @@ class ConfigProblemIssue:
         return f"issue about the invalid .github/mendbot.yml in {self.repository}: {'; '.join(self.problems)}"
 
 
-Step = StickyComment | CheckRunStep | IncidentIssue | ConfigProblemIssue
+def chat_text(text: str) -> str:
+    """Untrusted text made inert for chat services: one line, no mentions, no links, no control characters.
+
+    plain_text already defuses `@` mentions (so `@everyone`, `@here` and Discord's `<@id>` notify nobody)
+    and HTML comments. Angle brackets go too, since Slack reads `<!channel>` and `<https://x|label>`, and
+    so do Markdown links and `scheme://`, so nothing in the text becomes a link someone could click.
+    """
+    text = "".join(ch for ch in text if unicodedata.category(ch) not in ("Cc", "Cf"))
+    text = plain_text(text).replace("<", "‹").replace(">", "›")
+    text = _MARKDOWN_LINK_RE.sub("] (", text).replace("://", ":\u200b//")
+    return text if len(text) <= MAX_ALERT_LINE_CHARS else text[: MAX_ALERT_LINE_CHARS - 1] + "…"
+
+
+@dataclass(frozen=True)
+class IssueAlert:
+    """Alert the repository's notify targets once when the incident issue of `fingerprint` is newly opened.
+
+    The executor arms the alert in the ledger when it opens the issue; a repeat inside or after the dedup
+    window finds nothing armed and sends nothing.
+    """
+
+    repository: str
+    fingerprint: str
+    issue_key: str
+    targets: tuple[str, ...]
+    line: str
+
+    @property
+    def title(self) -> str:
+        return templates.ALERT_TITLE.format(repository=self.repository)
+
+    def body(self, issue_url: str) -> str:
+        return templates.ALERT_BODY.format(line=chat_text(self.line), url=issue_url)
+
+    def describe(self) -> str:
+        return (
+            f"alert {len(self.targets)} notify target(s) if the issue for fingerprint {self.fingerprint} "
+            f"is newly opened: {chat_text(self.line)}"
+        )
+
+
+def alert_key(repository: str, issue_number: int) -> str:
+    """The ledger key of the one alert about one issue."""
+    return f"alert:{repository}#{issue_number}"
+
+
+@dataclass(frozen=True)
+class NotifyProblemIssue:
+    """Notify targets that may not be used, reported once per distinct set of refusals."""
+
+    repository: str
+    problems: tuple[str, ...]
+
+    @property
+    def digest(self) -> str:
+        return hashlib.sha256("\n".join(sorted(self.problems)).encode("utf-8")).hexdigest()[:16]
+
+    @property
+    def key(self) -> str:
+        return f"notify-refused:{self.repository}:{self.digest}"
+
+    @property
+    def marker(self) -> str:
+        return templates.NOTIFY_MARKER.format(digest=self.digest)
+
+    @property
+    def title(self) -> str:
+        return templates.NOTIFY_ISSUE_TITLE
+
+    def body(self) -> str:
+        listed = "\n".join(f"- {neutralize(plain_text(problem)[:MAX_PROBLEM_CHARS])}" for problem in self.problems)
+        return templates.NOTIFY_ISSUE_BODY.format(problems=listed, marker=self.marker)
+
+    def describe(self) -> str:
+        return f"issue about refused notify targets in {self.repository}: {'; '.join(self.problems)}"
+
+
+Step = StickyComment | CheckRunStep | IncidentIssue | ConfigProblemIssue | IssueAlert | NotifyProblemIssue
 
 
 @dataclass(frozen=True)

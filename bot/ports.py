@@ -60,3 +60,32 @@ class Diagnoser(Protocol):
     """Turns gathered facts into a diagnosis: the rules offline, or a model behind policy gates."""
 
     def diagnose(self, facts: FailureFacts, now: datetime) -> DiagnosisResult: ...
+
+
+@dataclass(frozen=True)
+class TargetResult:
+    """What became of one notify target. `target` is safe to log and show: never the whole URL."""
+
+    target: str
+    sent: bool
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class TargetCheck:
+    """Whether one notify URL may be used: `refusal` says why not, and is empty when it may."""
+
+    target: str
+    refusal: str = ""
+
+
+class Notifier(Protocol):
+    """Sends short alerts to a repository's notify URLs, after checking that each one may be used."""
+
+    def check(self, urls: Sequence[str]) -> list[TargetCheck]:
+        """One check per URL, in order; `send` checks again, so an address that changed is still refused."""
+        ...
+
+    def send(self, urls: Sequence[str], title: str, body: str) -> list[TargetResult]:
+        """Send to each URL in turn; a refused or failing one is reported, never raised."""
+        ...

@@ -18,7 +18,7 @@ from bot.core.logs import LogError, parse_lines
 from bot.core.models import Excerpt
 from bot.core.prompt import CommitInfo, SourceSnippet
 from bot.core.references import file_references
-from bot.core.render import issue_title, neutralize, plain_text
+from bot.core.render import issue_title, neutralize, one_line, plain_text
 from bot.diagnosers import OfflineDiagnoser
 from bot.executor import Done, Executor, KeyedLocks
 from bot.plan import (
@@ -26,7 +26,9 @@ from bot.plan import (
     CheckRunStep,
     ConfigProblemIssue,
     IncidentIssue,
+    IssueAlert,
     JobDiagnosis,
+    NotifyProblemIssue,
     Plan,
     Report,
     RunInfo,
@@ -36,7 +38,7 @@ from bot.plan import (
 )
 from bot.policy import gates
 from bot.policy.repo_config import CONFIG_PATH, LoadedConfig, parse_repo_config
-from bot.ports import Diagnoser, FailureFacts
+from bot.ports import Diagnoser, FailureFacts, Notifier, TargetCheck
 from bot.routing import Outcome
 
 log = logging.getLogger(__name__)
@@ -105,6 +107,8 @@ class Services:
     clock: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))
     print_plan: Callable[[str], None] = print
     locks: KeyedLocks = field(default_factory=KeyedLocks)
+    # None: no alerts at all (the Action and the CLI); the App wires the apprise adapter.
+    notifier: Notifier | None = None
 
     def handle_failed_run(self, run: RunInfo, delivery_id: str) -> Outcome:
         """Diagnose one failed run and post the answer where people look; IGNORED when a gate refuses."""
@@ -135,7 +139,9 @@ class Services:
         report = self.diagnose_run(client, run, loaded)
         if report is None:
             return Outcome.IGNORED
-        plan = plan_steps(report, self._pull_requests(client, run), loaded)
+        notify = loaded.config.notify
+        checks = self.notifier.check(notify) if self.notifier is not None and notify else None
+        plan = plan_steps(report, self._pull_requests(client, run), loaded, checks)
         for reason in plan.refused:
             log.info("run %s: %s", run.run_id, reason)
         if dry_run:
@@ -151,6 +157,7 @@ class Services:
             bot_login=self.options.bot_login,
             locks=self.locks,
             rate=rate,
+            notifier=self.notifier,
         )
         results = executor.run(plan.steps)
         for result in results:
@@ -374,13 +381,26 @@ def check_annotations(report: Report) -> tuple[Annotation, ...]:
     return tuple(found.values())[:MAX_ANNOTATIONS]
 
 
-def plan_steps(report: Report, pulls: Sequence[int], loaded: LoadedConfig) -> Plan:
-    """What to post for a diagnosed run: PR comments and a check run, or incident issues."""
+def plan_steps(
+    report: Report, pulls: Sequence[int], loaded: LoadedConfig, notify_checks: Sequence[TargetCheck] | None = None
+) -> Plan:
+    """What to post for a diagnosed run: PR comments and a check run, or incident issues and their alerts.
+
+    `notify_checks` is the notifier's check of each `notify` URL; None when no notifier is wired.
+    """
     run, config = report.run, loaded.config
     steps: list[Step] = []
     refused: list[str] = []
     if loaded.problems and loaded.digest:
         steps.append(ConfigProblemIssue(run.repository, loaded.digest, loaded.problems))
+    alert_targets: tuple[str, ...] = ()
+    if notify_checks is not None and config.notify:
+        alert_targets, decision = gates.notify_gate(config.notify, notify_checks)
+        problems = tuple(f"{check.target}: {check.refusal}" for check in notify_checks if check.refusal)
+        if problems:
+            # Reported once per distinct set of refusals, like an invalid config; logged on every run.
+            refused += decision.reasons
+            steps.append(NotifyProblemIssue(run.repository, problems))
     if pulls:
         steps += [StickyComment(run.repository, number, run.workflow_id, report) for number in pulls]
     if pulls or run.event in PULL_REQUEST_EVENTS:
@@ -399,6 +419,9 @@ def plan_steps(report: Report, pulls: Sequence[int], loaded: LoadedConfig) -> Pl
                 annotations=check_annotations(report),
             )
         )
+        if alert_targets:
+            # Fork authors can fail pull-request runs at will; the sticky comment reaches the people involved.
+            refused.append("no alert for a pull-request failure: alerts are for new incident issues")
         return Plan(steps, refused)
     if run.event not in ISSUE_EVENTS or (run.event == "push" and run.head_branch != run.default_branch):
         refused.append(
@@ -416,20 +439,29 @@ def plan_steps(report: Report, pulls: Sequence[int], loaded: LoadedConfig) -> Pl
         if not decision:
             refused += [f"no issue for {job.job}: {reason}" for reason in decision.reasons]
             continue
-        steps.append(
-            IncidentIssue(
-                run.repository,
-                diagnosis.fingerprint,
-                issue_title(diagnosis),
-                config.labels.for_issue(diagnosis.severity, diagnosis.category),
-                report,
-                job,
-                run.run_id,
-                run.attempt,
-                run.html_url,
-                config.dedup_window,
-            )
+        issue = IncidentIssue(
+            run.repository,
+            diagnosis.fingerprint,
+            issue_title(diagnosis),
+            config.labels.for_issue(diagnosis.severity, diagnosis.category),
+            report,
+            job,
+            run.run_id,
+            run.attempt,
+            run.html_url,
+            config.dedup_window,
         )
+        steps.append(issue)
+        if alert_targets:
+            steps.append(
+                IssueAlert(
+                    run.repository,
+                    diagnosis.fingerprint,
+                    issue.key,
+                    alert_targets,
+                    one_line(diagnosis, run.repository),
+                )
+            )
     return Plan(steps, refused)
 
 

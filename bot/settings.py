@@ -14,6 +14,10 @@ DEFAULT_API_URL = "https://api.github.com"
 DEFAULT_DATABASE_URL = "sqlite:///mendbot.db"
 DEFAULT_QUEUE_FILE = "mendbot-queue.db"
 MB = 1024 * 1024
+# Chat and paging services whose apprise plugins post to the service's own fixed host (Slack, Discord,
+# PagerDuty, Opsgenie, Telegram), plus Teams through Power Automate, whose host is checked like any other.
+# Generic webhooks (json, xml, form) and mail servers are left out: they let a repository choose the host.
+DEFAULT_NOTIFY_SCHEMES = ("slack", "discord", "workflows", "pagerduty", "opsgenie", "tgram")
 
 
 class SettingsError(ValueError):
@@ -73,6 +77,15 @@ class Settings(BaseSettings):
     bot_login: str = Field(default="mendbot[bot]", description="the App's bot account, for the loop guard")
     write_interval: float = Field(default=1.0, ge=0, description="seconds between content-creating writes")
     retry_delay: float = Field(default=30.0, ge=0, description="seconds before a failed delivery is retried")
+    notify_schemes: Annotated[tuple[str, ...], NoDecode] = Field(
+        default=DEFAULT_NOTIFY_SCHEMES,
+        description="comma-separated apprise schemes a repository's `notify` URLs may use; empty: none",
+    )
+    notify_allow_private: bool = Field(
+        default=False,
+        description="let notify URLs reach loopback, private and link-local addresses (tests, on-prem relays)",
+    )
+    notify_timeout: float = Field(default=10.0, gt=0, le=120, description="seconds to wait for one alert")
 
     @field_validator("github_api_url", "anthropic_base_url")
     @classmethod
@@ -81,12 +94,17 @@ class Settings(BaseSettings):
             raise ValueError("must start with http:// or https://")
         return value.rstrip("/") if value else value
 
-    @field_validator("trigger_bots", mode="before")
+    @field_validator("trigger_bots", "notify_schemes", mode="before")
     @classmethod
     def _comma_separated(cls, value: Any) -> Any:
         if isinstance(value, str):
             return tuple(name.strip() for name in value.split(",") if name.strip())
         return value
+
+    @field_validator("notify_schemes")
+    @classmethod
+    def _lower_case(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        return tuple(scheme.lower().removesuffix("://") for scheme in value)
 
     def anthropic_key(self) -> str | None:
         """The Anthropic key, or None when none is set (an empty variable counts as unset)."""

@@ -117,8 +117,16 @@ def test_the_facts_rules_win_over_the_diagnosers_own() -> None:
 # ---- excerpt digest ------------------------------------------------------------------------------------
 
 
-def test_equal_excerpts_have_the_same_digest() -> None:
-    again = excerpt("fixture db_1 is flaky", "Segmentation fault (core dumped)")
+@pytest.mark.parametrize(
+    "again",
+    [
+        excerpt("fixture db_1 is flaky", "Segmentation fault (core dumped)"),
+        excerpt("fixture db_1 is flaky", "Segmentation fault (core dumped)", first=412),
+        excerpt("fixture db_7 is flaky", "Segmentation fault (core dumped)"),
+    ],
+    ids=["equal", "moved in the log", "another number"],
+)
+def test_a_rerun_of_the_same_failure_has_the_same_digest(again: Excerpt) -> None:
     assert again is not CRASH
     assert excerpt_digest(again) == excerpt_digest(CRASH)
     assert len(excerpt_digest(CRASH)) == 32 and int(excerpt_digest(CRASH), 16) >= 0
@@ -127,12 +135,11 @@ def test_equal_excerpts_have_the_same_digest() -> None:
 @pytest.mark.parametrize(
     "changed",
     [
-        excerpt("fixture db_2 is flaky", "Segmentation fault (core dumped)"),
+        excerpt("fixture cache is flaky", "Segmentation fault (core dumped)"),
         excerpt("fixture db_1 is flaky", "Segmentation fault (core dumped)", step="unit tests"),
         excerpt("fixture db_1 is flaky"),
-        excerpt("fixture db_1 is flaky", "Segmentation fault (core dumped)", first=41),
     ],
-    ids=["one line's text", "the step", "a line fewer", "the line numbers"],
+    ids=["one line's words", "the step", "a line fewer"],
 )
 def test_a_changed_excerpt_has_another_digest(changed: Excerpt) -> None:
     assert excerpt_digest(changed) != excerpt_digest(CRASH)
@@ -155,6 +162,20 @@ def test_the_same_excerpt_gets_the_stored_answer_without_asking_again(store: Sto
     # The repeat names the model but costs nothing: no call was made.
     assert again.model == "claude-test"
     assert (again.input_tokens, again.output_tokens, again.cost_usd) == (0, 0, 0.0)
+
+
+def test_a_rerun_gets_the_stored_answer_with_its_evidence_at_the_new_lines(store: Store) -> None:
+    inner = CountingDiagnoser()
+    remembering = RememberingDiagnoser(inner, store)
+    remembering.diagnose(FailureFacts(REPO, CRASH), NOW)
+
+    rerun = excerpt("fixture db_3 is flaky", "Segmentation fault (core dumped)", first=900)
+    again = remembering.diagnose(FailureFacts(REPO, rerun), LATER)
+
+    assert len(inner.asked) == 1
+    assert [(item.line, item.text) for item in again.diagnosis.evidence] == [
+        (901, "Segmentation fault (core dumped)")
+    ]
 
 
 def test_a_changed_excerpt_or_another_repository_asks_the_model_again(store: Store) -> None:

@@ -38,6 +38,7 @@ from tests.app_support import (
     wait_for,
 )
 from tests.fakes.github_server import FakeGitHubServer
+from tests.test_notify import Receiver
 
 pytest_plugins = ["tests.servers"]
 
@@ -331,3 +332,79 @@ def test_mendbot_serve_killed_mid_job_leaves_exactly_one_comment_after_restart(t
             except subprocess.TimeoutExpired:
                 process.kill()
         fake.stop()
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    server = Receiver()
+    yield server
+    server.stop()
+
+
+def deliver_in_turn(client: TestClient, store: Store, runs: list[dict[str, Any]], prefix: str) -> None:
+    """Each run's delivery, one after the other, so the later ones are repeats of the first."""
+    for number, run in enumerate(runs):
+        body = json.dumps(failure_payload(run)).encode()
+        reply = client.post("/webhook", content=body, headers=signed(body, delivery_id=f"{prefix}-{number}"))
+        assert reply.status_code == 202
+        assert wait_done(store, f"{prefix}-{number}") is DeliveryStatus.DONE
+
+
+def test_a_new_incident_issue_alerts_the_notify_target_once_and_its_repeat_does_not(
+    fake: FakeGitHubServer, tmp_path: Path, receiver: Receiver
+) -> None:
+    fake.set_file(REPO, ".github/mendbot.yml", f"severity_threshold: medium\nnotify:\n  - {receiver.url()}\n")
+    settings = make_settings(tmp_path, fake.api_url, notify_schemes="json", notify_allow_private=True)
+    components = build_components(settings, registry=CollectorRegistry())
+    try:
+        with TestClient(create_app(settings, components=components, worker=True)) as client:
+            deliver_in_turn(client, components.store, [default_branch_run(fake), default_branch_run(fake)], "n")
+        [issue] = fake.repo(REPO).issues.values()
+        assert "seen 2 times" in issue["body"]
+        [(path, payload)] = receiver.received
+        assert path == "/hook"
+        assert payload["title"] == f"Mendbot: new CI incident in {REPO}"
+        line, url = payload["message"].split("\n")
+        assert url == issue["html_url"]
+        assert line.startswith("[medium] ") and REPO in line and "timeout" in line
+    finally:
+        components.close()
+
+
+def test_a_notify_target_the_operator_did_not_allow_gets_nothing_and_is_reported_once(
+    fake: FakeGitHubServer, tmp_path: Path, receiver: Receiver
+) -> None:
+    target = receiver.url("/t0ken-path")
+    fake.set_file(REPO, ".github/mendbot.yml", f"severity_threshold: medium\nnotify: ['{target}']\n")
+    # The default schemes, and private addresses refused: json:// to 127.0.0.1 breaks both rules.
+    settings = make_settings(tmp_path, fake.api_url)
+    components = build_components(settings, registry=CollectorRegistry())
+    try:
+        with TestClient(create_app(settings, components=components, worker=True)) as client:
+            deliver_in_turn(client, components.store, [default_branch_run(fake), default_branch_run(fake)], "r")
+        assert receiver.received == []
+        reports = [i for i in fake.repo(REPO).issues.values() if "notify targets" in i["title"]]
+        [report] = reports
+        assert "json://127.0.0.1" in report["body"] and "not allowed" in report["body"]
+        assert "t0ken-path" not in report["body"]
+        assert len(fake.repo(REPO).issues) == 2
+    finally:
+        components.close()
+
+
+def test_a_dry_run_prints_the_alert_instead_of_sending_it(
+    fake: FakeGitHubServer, tmp_path: Path, receiver: Receiver
+) -> None:
+    fake.set_file(REPO, ".github/mendbot.yml", f"severity_threshold: medium\nnotify: ['{receiver.url()}']\n")
+    settings = make_settings(
+        tmp_path, fake.api_url, notify_schemes="json", notify_allow_private=True, dry_run=True
+    )
+    printed: list[str] = []
+    components = build_components(settings, registry=CollectorRegistry(), print_plan=printed.append)
+    try:
+        with TestClient(create_app(settings, components=components, worker=True)) as client:
+            deliver_in_turn(client, components.store, [default_branch_run(fake)], "dry")
+        assert any("would alert 1 notify target(s)" in line for line in printed)
+        assert receiver.received == [] and not fake.repo(REPO).issues
+    finally:
+        components.close()

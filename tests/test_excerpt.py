@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from bot.core.excerpt import Excerpter, PassingIndex, excerpt_lines, line_score
+from bot.core.excerpt import VERDICT_SCORE, Excerpter, PassingIndex, excerpt_lines, line_score
 from bot.core.logs import LogLine, lines_from_text, read_log
 from bot.core.metric import quote_matches
 from bot.core.models import Excerpt
@@ -272,3 +272,63 @@ def test_a_harness_verdict_outranks_ordinary_error_lines_anywhere_in_a_long_log(
              *filler, *late_errors]
     excerpt = excerpt_lines(lines_from_text("\n".join(lines)), 600)
     assert "TEST-UNEXPECTED-FAIL" in texts(excerpt)
+
+
+def test_a_stack_trace_stays_whole_though_its_frames_name_exceptions() -> None:
+    log = "\n".join(
+        [
+            *[f"step {n} done" for n in range(30)],
+            "FAIL: test_batch_represent",
+            "Traceback (most recent call last):",
+            '  File "/src/tests/batch.py", line 50, in test_batch_represent',
+            "    self.check(rep)",
+            '  File "/src/tests/batch.py", line 20, in check',
+            "    raise RepresentationError('bad shape')",
+            "  RepresentationError: bad shape (4, 128)",
+            "    while handling the exception above, another exception occurred",
+            "    KeyError: 'rep'",
+            *[f"step {n} done" for n in range(30, 60)],
+            *[f"note {n}: failed to fetch optional cache {n}" for n in range(5)],
+        ]
+    )
+    # Room for the failure and a little more: the trace's last frame must not lose out to later noise.
+    kept = numbers(excerpt_lines(lines_from_text(log), 560))
+    assert set(range(31, 40)) <= kept
+
+
+def test_the_first_of_several_look_alike_failures_comes_first() -> None:
+    def failure(name: str) -> list[str]:
+        return [f"[-] {name} -> Expected and actual values differ!", "Expected: '2'", "Actual  : ''"]
+
+    log = [*failure("the first test"), *[f"[+] passing {n}" for n in range(200)]]
+    for n in range(6):
+        log += [*failure(f"later test {n}"), *[f"[+] passing more {n}.{m}" for m in range(20)]]
+    excerpt = excerpt_lines(lines_from_text("\n".join(log)), 300)
+    assert 1 in numbers(excerpt)
+
+
+def test_a_tools_warning_is_not_taken_for_the_failure() -> None:
+    log = "\n".join(
+        [
+            "--- xcodebuild: WARNING: Unable to open project file 'App-iOS.xcodeproj'",
+            *[f"compiling {n}" for n in range(100)],
+            "error: the tests did not compile",
+            *[f"cleanup {n}" for n in range(100)],
+        ]
+    )
+    excerpt = excerpt_lines(lines_from_text(log), 120)
+    assert 102 in numbers(excerpt)
+    assert 1 not in numbers(excerpt)
+    assert line_score("--- xcodebuild: WARNING: Unable to open project file") < 2.0
+
+
+def test_runner_failure_marks_score_as_failures() -> None:
+    assert line_score("❌  /Users/ci/App/Source/Json.swift:97:2: unknown attribute 'dynamicMemberLookup'") >= 4.0
+    # Erlang Common Test's verdict on a test case is the harness's own word, like pytest's or go test's.
+    assert line_score("Testing processone.ejabberd: *** FAILED test case 89 of 1470 ***") == VERDICT_SCORE
+
+
+def test_a_build_that_says_why_it_failed_is_not_discounted_for_naming_a_flag() -> None:
+    # `-Werror` in a compiler command line is a decoy; "Failing due to -Werror." is the verdict.
+    assert line_score("gcc -Wall -Werror -o app main.c") < 2.0
+    assert line_score("Failing due to -Werror.") >= 4.0

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from bot.adapters.github import GitHubApp, InstallationClient, RetryPolicy
+from bot.adapters.notify import AppriseNotifier
 from bot.adapters.store import DELIVERY_LEASE, DeliveryStatus, Store, migrate
 from bot.core.excerpt import Excerpter
 from bot.core.logs import parse_lines
@@ -21,7 +22,9 @@ from bot.plan import (
     CheckRunStep,
     ConfigProblemIssue,
     IncidentIssue,
+    IssueAlert,
     JobDiagnosis,
+    NotifyProblemIssue,
     Report,
     RunInfo,
     StickyComment,
@@ -30,6 +33,7 @@ from bot.policy.repo_config import RepoConfig
 from bot.ports import FailureFacts
 from tests.app_support import APP_ID, INSTALLATION, LOGS, REPO, fake_github, rsa_keys
 from tests.fakes.github_server import FakeGitHubServer
+from tests.test_notify import Receiver
 
 NOW = datetime(2025, 3, 10, 12, 0, tzinfo=UTC)
 
@@ -127,6 +131,7 @@ def executor(
     locks: KeyedLocks | None = None,
     config: RepoConfig | None = None,
     now: datetime = NOW,
+    notifier: AppriseNotifier | None = None,
 ) -> Executor:
     return Executor(
         client,
@@ -136,6 +141,7 @@ def executor(
         config=config or RepoConfig(),
         bot_login="mendbot[bot]",
         locks=locks or KeyedLocks(),
+        notifier=notifier,
     )
 
 
@@ -382,4 +388,117 @@ def test_a_closed_issue_someone_else_planted_the_config_marker_in_is_not_adopted
     assert done.target != str(planted["number"])
     ours = fake.repo(REPO).issues[int(done.target or 0)]
     assert ours["user"]["login"] == "mendbot[bot]" and step.marker in ours["body"]
+    store.close()
+
+
+# ---- alerts ----------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    server = Receiver()
+    yield server
+    server.stop()
+
+
+def local_notifier() -> AppriseNotifier:
+    return AppriseNotifier(["json"], allow_private=True, timeout=5.0)
+
+
+def alert_for(step: IncidentIssue, receiver: Receiver) -> IssueAlert:
+    return IssueAlert(REPO, step.fingerprint, step.key, (receiver.url(),), f"[high] {REPO} test_failure: x @here")
+
+
+def test_a_new_issue_is_alerted_once_and_a_repeat_is_not(
+    fake: FakeGitHubServer, client: InstallationClient, url: str, receiver: Receiver
+) -> None:
+    store = Store(url)
+    first = issue_step(run_id=100)
+    opened, alerted = executor(client, store, notifier=local_notifier()).run([first, alert_for(first, receiver)])
+    assert (opened.action, alerted.action, alerted.target) == ("created", "sent", "1/1")
+    [(_, payload)] = receiver.received
+    [issue] = fake.repo(REPO).issues.values()
+    assert payload["title"] == f"Mendbot: new CI incident in {REPO}"
+    assert payload["message"].endswith("\n" + issue["html_url"])
+    assert "@here" not in payload["message"]
+
+    # The same delivery again, and the same failure in a later run: the issue is not new, nothing is sent.
+    executor(client, store, notifier=local_notifier()).run([first, alert_for(first, receiver)])
+    repeat = issue_step(run_id=101)
+    _, again = executor(client, store, "d-2", notifier=local_notifier()).run([repeat, alert_for(repeat, receiver)])
+    assert again.action == "skipped"
+    assert len(receiver.received) == 1 and len(fake.repo(REPO).issues) == 1
+    store.close()
+
+
+def test_killed_after_opening_the_issue_the_retry_still_alerts_once(
+    fake: FakeGitHubServer, client: InstallationClient, url: str, receiver: Receiver
+) -> None:
+    step = issue_step()
+    crashing = CrashingStore(url, crash_on="issue:")
+    with pytest.raises(SystemError):
+        executor(client, crashing, notifier=local_notifier()).run([step, alert_for(step, receiver)])
+    crashing.close()
+    assert receiver.received == []
+
+    store = Store(url)
+    for delivery in ("d-1", "d-2"):
+        executor(client, store, delivery, notifier=local_notifier()).run([step, alert_for(step, receiver)])
+    assert len(receiver.received) == 1 and len(fake.repo(REPO).issues) == 1
+    store.close()
+
+
+def test_a_reopened_regression_is_a_new_issue_and_alerts_again(
+    fake: FakeGitHubServer, client: InstallationClient, url: str, receiver: Receiver
+) -> None:
+    store = Store(url)
+    first = issue_step(run_id=100)
+    executor(client, store, notifier=local_notifier()).run([first, alert_for(first, receiver)])
+    [issue] = fake.repo(REPO).issues.values()
+    issue["state"] = "closed"
+    back = issue_step(run_id=101)
+    executor(client, store, "d-2", notifier=local_notifier()).run([back, alert_for(back, receiver)])
+    assert len(fake.repo(REPO).issues) == 2 and len(receiver.received) == 2
+    store.close()
+
+
+def test_the_hourly_notification_limit_refuses_with_a_reason(
+    fake: FakeGitHubServer, client: InstallationClient, url: str, receiver: Receiver
+) -> None:
+    store = Store(url)
+    config = RepoConfig.model_validate({"rate_limits": {"notifications_per_hour": 0}})
+    step = issue_step()
+    opened, alerted = executor(client, store, config=config, notifier=local_notifier()).run(
+        [step, alert_for(step, receiver)]
+    )
+    assert opened.action == "created"
+    assert alerted.action == "refused" and "notifications" in alerted.reasons[0]
+    assert receiver.received == []
+    store.close()
+
+
+def test_a_failing_target_does_not_fail_the_delivery(
+    fake: FakeGitHubServer, client: InstallationClient, url: str, receiver: Receiver
+) -> None:
+    store = Store(url)
+    step = issue_step()
+    alert = IssueAlert(REPO, step.fingerprint, step.key, ("json://127.0.0.1:1/closed", receiver.url()), "x")
+    _, alerted = executor(client, store, notifier=local_notifier()).run([step, alert])
+    assert (alerted.action, alerted.target) == ("sent", "1/2")
+    assert alerted.reasons and "json://127.0.0.1" in alerted.reasons[0]
+    assert len(receiver.received) == 1
+    store.close()
+
+
+def test_refused_notify_targets_are_reported_once_per_set_of_refusals(
+    fake: FakeGitHubServer, client: InstallationClient, url: str
+) -> None:
+    store = Store(url)
+    step = NotifyProblemIssue(REPO, ("json://10.0.0.1: its host resolves to a private address",))
+    executor(client, store).run([step])
+    executor(client, store, "d-2").run([step])
+    [issue] = fake.repo(REPO).issues.values()
+    assert issue["title"] == step.title and step.marker in issue["body"]
+    executor(client, store, "d-3").run([NotifyProblemIssue(REPO, ("xml://…: not allowed",))])
+    assert len(fake.repo(REPO).issues) == 2
     store.close()

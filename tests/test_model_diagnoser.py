@@ -180,9 +180,12 @@ def test_unverified_evidence_is_dropped_and_confidence_lowered(
     assert diagnosis.source == "model"
     assert [(e.line, e.file) for e in diagnosis.evidence] == [
         (42, None), (43, "tests/test_api.py"), (45, None)]
-    # 2 whole + 1 half (its source location was never fetched) of 4 quotes checked out.
-    assert diagnosis.confidence == pytest.approx(0.9 * 2.5 / 4, abs=0.001)
+    # 2 of 4 checked out whole; line 45 is in the log but its source location was never fetched, so it
+    # stays without the location and counts as unverified.
+    assert diagnosis.confidence == pytest.approx(0.9 * 2 / 4, abs=0.001)
     assert any("1 of 4 evidence lines were not found in the log: 44" in note for note in diagnosis.notes)
+    assert any("source location of evidence line 45 was removed" in note for note in diagnosis.notes)
+    assert any("verified: 2 of 4 evidence items" in note for note in diagnosis.notes)
     assert any("confidence lowered" in note for note in diagnosis.notes)
 
 

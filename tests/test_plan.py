@@ -13,14 +13,20 @@ from bot.plan import (
     CheckRunStep,
     ConfigProblemIssue,
     IncidentIssue,
+    IssueAlert,
     JobDiagnosis,
+    NotifyProblemIssue,
     Plan,
     Report,
     RunInfo,
     StickyComment,
+    alert_key,
+    chat_text,
     rank_jobs,
 )
-from bot.ports import DiagnosisResult
+from bot.policy.repo_config import parse_repo_config
+from bot.ports import DiagnosisResult, TargetCheck
+from bot.services import plan_steps
 from tests.app_support import INSTALLATION, REPO, fixture_payload
 
 NOW = datetime(2025, 3, 10, 12, 0, tzinfo=UTC)
@@ -303,3 +309,71 @@ def test_config_problems_that_do_not_fit_are_counted_instead() -> None:
     assert len(body) <= MAX_BODY_CHARS and body.endswith(step.marker)
     listed = body.count("\n- key")
     assert 0 < listed < 1000 and f"- … and {1000 - listed} more" in body
+
+
+# ---- alerts ----------------------------------------------------------------------------------------------
+
+
+def test_chat_text_defuses_mentions_links_and_control_characters() -> None:
+    text = chat_text(
+        "@everyone <!channel> <@U123> see [here](https://evil.example/x) or https://evil.example\x07\u202e\n"
+        "<!-- mendbot:fingerprint=x -->"
+    )
+    assert "\n" not in text and "\x07" not in text and "\u202e" not in text
+    assert "@everyone" not in text and "@\u200beveryone" in text
+    assert "<" not in text and ">" not in text
+    assert "](" not in text and "https://" not in text
+    assert "<!--" not in text
+    assert len(chat_text("x" * 5000)) <= 400
+
+
+def test_an_issue_alert_is_plain_text_ending_with_the_issue_url() -> None:
+    line = "[high] o/r test_failure: @here look at [this](https://evil.example) (fp-build)"
+    step = IssueAlert(REPO, "fp-build", f"issue:{REPO}:fp-build", ("slack://a/b/c",), line)
+    body = step.body(f"https://github.com/{REPO}/issues/7")
+    first, url = body.split("\n")
+    assert url == f"https://github.com/{REPO}/issues/7"
+    assert "@here" not in first and "](" not in first and "https://" not in first
+    assert step.title == f"Mendbot: new CI incident in {REPO}"
+    assert "slack://a/b/c" not in step.describe()
+    assert alert_key(REPO, 7) == f"alert:{REPO}#7" != alert_key(REPO, 8)
+
+
+def test_a_notify_problem_issue_is_keyed_by_its_refusals_and_its_problems_are_inert() -> None:
+    step = NotifyProblemIssue(REPO, ("json://10.0.0.1: private", "cc @admins <!-- x -->"))
+    same = NotifyProblemIssue(REPO, ("cc @admins <!-- x -->", "json://10.0.0.1: private"))
+    assert step.key == same.key != NotifyProblemIssue(REPO, ("json://10.0.0.2: private",)).key
+    body = step.body()
+    assert body.endswith(step.marker) and body.count("<!--") == 1
+    assert "@\u200badmins" in body
+    assert step.title.startswith("⚠️ Mendbot:")
+
+
+def push_report() -> Report:
+    run = RunInfo(**{**RUN.__dict__, "event": "push", "head_branch": "master"})
+    return Report(run, (BUILD, LINT))
+
+
+def test_a_new_incident_issue_is_followed_by_an_alert_to_the_usable_targets_only() -> None:
+    loaded = parse_repo_config("notify: ['slack://a/b/c', 'json://10.0.0.1/x']\n")
+    checks = [TargetCheck("slack://…"), TargetCheck("json://10.0.0.1", "a private address")]
+    plan = plan_steps(push_report(), (), loaded, checks)
+    kinds = [type(step).__name__ for step in plan.steps]
+    assert kinds == ["NotifyProblemIssue", "IncidentIssue", "IssueAlert"]
+    problem, issue, alert = plan.steps
+    assert isinstance(problem, NotifyProblemIssue) and problem.problems == ("json://10.0.0.1: a private address",)
+    assert isinstance(issue, IncidentIssue) and isinstance(alert, IssueAlert)
+    assert alert.issue_key == issue.key and alert.targets == ("slack://a/b/c",)
+    assert alert.line.startswith("[high] ") and REPO in alert.line
+    assert any("json://10.0.0.1 refused: a private address" in reason for reason in plan.refused)
+
+
+def test_no_alert_without_a_notifier_without_usable_targets_or_for_a_pull_request() -> None:
+    loaded = parse_repo_config("notify: ['slack://a/b/c']\n")
+    assert not any(isinstance(s, IssueAlert) for s in plan_steps(push_report(), (), loaded).steps)
+    refused_all = plan_steps(push_report(), (), loaded, [TargetCheck("slack://…", "not allowed")])
+    assert not any(isinstance(s, IssueAlert) for s in refused_all.steps)
+    assert any(isinstance(s, NotifyProblemIssue) for s in refused_all.steps)
+    pull = plan_steps(REPORT, (5,), loaded, [TargetCheck("slack://…")])
+    assert not any(isinstance(s, (IssueAlert, NotifyProblemIssue)) for s in pull.steps)
+    assert any("no alert for a pull-request failure" in reason for reason in pull.refused)

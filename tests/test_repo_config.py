@@ -30,6 +30,7 @@ rate_limits:
   comments_per_hour: 5
   issues_per_hour: 2
   issue_updates_per_hour: 1
+  notifications_per_hour: 3
 notify: ["slack://token@channel"]
 diagnose_forks: false
 dry_run: true
@@ -70,6 +71,7 @@ def test_every_key_is_read() -> None:
     assert config.dedup_window == timedelta(hours=6)
     assert config.rate_limits.issues_per_hour == 2 and config.rate_limits.issue_updates_per_hour == 1
     assert config.notify == ["slack://token@channel"]
+    assert config.rate_limits.notifications_per_hour == 3
     assert config.diagnose_forks is False and config.dry_run is True
     assert loaded.rules[0].id == "flaky-port" and len(loaded.rules) > 1
 
@@ -169,3 +171,23 @@ def test_a_repository_rule_that_backtracks_forever_cannot_hang_classification() 
     assert time.perf_counter() - started < 1.0
     assert loaded.problems == ()
     assert result.timed_out_rules == ("x",)
+
+
+def test_alerts_are_capped_at_ten_an_hour_by_default() -> None:
+    assert RepoConfig().rate_limits.notifications_per_hour == 10
+    assert RepoConfig().notify == []
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "notify: ['']\n",
+        f"notify: ['json://{'a' * 2100}']\n",
+        "notify: [" + ", ".join(["'slack://a/b/c'"] * 21) + "]\n",
+        "notify: 'slack://a/b/c'\n",
+        "rate_limits:\n  notifications_per_hour: -1\n",
+    ],
+)
+def test_a_bad_notify_list_or_alert_limit_is_a_config_problem(text: str) -> None:
+    loaded = parse_repo_config(text)
+    assert loaded.problems and loaded.config == RepoConfig()

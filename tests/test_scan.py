@@ -229,7 +229,8 @@ def test_candidates_come_from_the_excerpt_tables() -> None:
     patterns = {pattern for pattern, _, kind in scan.candidate_patterns() if kind == scan.SCORED}
     assert {scan._literal(text) for text in literals} <= patterns
     # Each word or phrase holds a literal the scan looks for, so a line with it is never skipped.
-    for text in rules._STRONG_WORDS | rules._MEDIUM_WORDS | set(rules._STRONG_PHRASES) | {"critical", "severe"}:
+    tables = rules._STRONG_WORDS | rules._MEDIUM_WORDS | set(rules._STRONG_PHRASES) | set(rules._DECISIVE_PHRASES)
+    for text in tables | {"critical", "severe"}:
         assert any(literal in text.lower() for literal in literals), text
     assert "fail" in literals and "failed" not in literals
     # Every verdict a test-result shape can capture is one the scan looks for.

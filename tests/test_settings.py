@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from pydantic import SecretStr
 
-from bot.settings import DEFAULT_API_URL, Settings, SettingsError, load_settings
+from bot.settings import DEFAULT_API_URL, DEFAULT_NOTIFY_SCHEMES, Settings, SettingsError, load_settings
 
 
 @pytest.fixture(autouse=True)
@@ -117,3 +117,22 @@ def test_settings_are_not_read_at_import() -> None:
     # Importing the entry modules must not need any environment.
     importlib.reload(bot.wiring)
     importlib.reload(bot.web)
+
+
+def test_alerts_default_to_chat_and_paging_schemes_on_public_addresses() -> None:
+    settings = load_settings()
+    assert settings.notify_schemes == DEFAULT_NOTIFY_SCHEMES
+    assert "json" not in settings.notify_schemes and "mailto" not in settings.notify_schemes
+    assert settings.notify_allow_private is False
+    assert settings.notify_timeout == 10.0
+
+
+def test_the_operator_chooses_the_notify_schemes_and_private_targets(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MENDBOT_NOTIFY_SCHEMES", "slack, JSON, jsons://")
+    monkeypatch.setenv("MENDBOT_NOTIFY_ALLOW_PRIVATE", "true")
+    monkeypatch.setenv("MENDBOT_NOTIFY_TIMEOUT", "2.5")
+    settings = load_settings()
+    assert settings.notify_schemes == ("slack", "json", "jsons")
+    assert settings.notify_allow_private is True and settings.notify_timeout == 2.5
+    monkeypatch.setenv("MENDBOT_NOTIFY_SCHEMES", "")
+    assert load_settings().notify_schemes == ()

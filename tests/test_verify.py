@@ -223,10 +223,66 @@ def test_a_source_location_must_have_been_fetched_and_be_in_range() -> None:
         (None, None),
         (None, None),
     ]
-    assert result.verified_fraction == pytest.approx((1 + 1 + 0.5 * 3) / 5)
-    assert result.diagnosis.confidence == pytest.approx(0.8 * 0.7, abs=0.001)
-    assert "the source location of evidence line 12 was removed: it was not fetched" in result.diagnosis.notes
-    assert not result.dropped
+    # The three quotes with a bad location are real log lines, so they stay, but only as unverified.
+    assert result.verified_fraction == pytest.approx(2 / 5)
+    assert result.diagnosis.confidence == pytest.approx(0.8 * 2 / 5, abs=0.001)
+    notes = result.diagnosis.notes
+    assert notes.count(
+        "the source location of evidence line 12 was removed and the line counted as unverified:"
+        " it is not in the fetched source"
+    ) == 3
+    assert "verified: 2 of 5 evidence items (log quote and source location checked)" in notes
+    assert "confidence lowered from 0.8 to 0.32" in notes
+    assert not result.dropped and not result.all_invented
+
+
+def test_a_real_quote_with_a_bad_source_location_is_kept_but_not_trusted() -> None:
+    quote = "File \"/home/runner/work/app/app/src/api.py\", line 42, in login"
+    evidence = Evidence(line=12, text=quote, file="src/api.py", file_line=4200)
+    result = verify_evidence(diagnosis_with(evidence), LOG, SOURCES)
+
+    assert result.diagnosis.evidence == [Evidence(line=12, text=quote)]
+    assert result.verified_fraction == 0.0 and result.diagnosis.confidence == 0.0
+    # The quote is in the log, so this is the model's diagnosis with no trust, not an invented one.
+    assert not result.all_invented
+    assert "verified: 0 of 1 evidence items (log quote and source location checked)" in result.diagnosis.notes
+
+
+def test_evidence_that_is_only_a_source_location_stands_or_falls_with_it() -> None:
+    fetched = Evidence(line=1, text="", file="src/api.py", file_line=42)
+    runner_path = Evidence(line=2, text="  ", file="/__w/app/app/src/api.py", file_line=7)
+    not_fetched = Evidence(line=3, text="", file="src/auth.py", file_line=3)
+    past_the_end = Evidence(line=4, text="", file="src/api.py", file_line=51)
+    line_without_file = Evidence(line=5, text="", file=None, file_line=3)
+    nothing = Evidence(line=6, text="")
+    real_quote = Evidence(line=11, text="E AssertionError: assert 401 == 200")
+    result = verify_evidence(
+        diagnosis_with(fetched, runner_path, not_fetched, past_the_end, line_without_file, nothing, real_quote),
+        LOG,
+        SOURCES,
+    )
+
+    assert result.diagnosis.evidence == [fetched, runner_path, real_quote]
+    assert result.dropped == [not_fetched, past_the_end, line_without_file, nothing]
+    assert result.verified_fraction == pytest.approx(3 / 7)
+    assert result.diagnosis.confidence == pytest.approx(0.8 * 3 / 7, abs=0.001)
+    notes = " | ".join(result.diagnosis.notes)
+    assert (
+        "4 of 7 evidence items quoted no log text and pointed at no fetched source location,"
+        " so they were dropped: 3, 4, 5, 6"
+    ) in notes
+    assert "verified: 3 of 7 evidence items" in notes
+    assert "not found in the log" not in notes
+    assert "auth.py" not in notes  # notes never repeat the model's paths
+
+
+def test_evidence_that_is_only_unfetched_source_locations_counts_as_all_invented() -> None:
+    invented = [Evidence(line=n, text="", file="src/ghost.py", file_line=n) for n in (1, 2)]
+    result = verify_evidence(diagnosis_with(*invented), LOG, SOURCES)
+
+    assert result.all_invented
+    assert result.diagnosis.evidence == [] and result.dropped == invented
+    assert result.diagnosis.confidence == 0.0
 
 
 def test_a_diagnosis_without_evidence_is_capped_not_flagged() -> None:

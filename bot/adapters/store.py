@@ -24,6 +24,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    bindparam,
     case,
     create_engine,
     delete,
@@ -35,7 +36,7 @@ from sqlalchemy import (
 )
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import Row, make_url
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 from sqlalchemy.types import TypeDecorator
 from tenacity import retry, retry_if_exception, stop_after_delay, wait_random
@@ -50,6 +51,10 @@ DELIVERY_LEASE = timedelta(seconds=20)
 #: Lets the web process and the worker wait for each other's SQLite write lock instead of failing.
 SQLITE_BUSY_TIMEOUT_SECONDS = 30
 _MIGRATION_LOCK_ID = 0x6D656E64  # any constant; serialises concurrent `migrate` runs on PostgreSQL
+
+
+_SAVED_DELIVERY_COLUMNS = ("delivery_id", "event", "action", "installation_id", "repository", "payload", "status",
+                           "attempts", "received_at", "updated_at")
 
 
 class StoreUnavailable(RuntimeError):
@@ -251,6 +256,37 @@ def _affected(session: Session, statement: Any, column: Any) -> int:
     return len(session.execute(statement.returning(column)).all())
 
 
+_DELIVERIES = Base.metadata.tables[Delivery.__tablename__]
+
+
+def _delivery_record(row: Row[Any]) -> DeliveryRecord:
+    return DeliveryRecord(**{**row._asdict(), "status": DeliveryStatus(row.status)})
+
+
+def _mark_delivery_statement(status: DeliveryStatus) -> Any:
+    """UPDATE ... RETURNING for `mark_delivery` to `status`, with parameters id, now and error."""
+    columns = _DELIVERIES.c
+    values: dict[str, Any] = {"status": status.value, "updated_at": bindparam("now", type_=columns.updated_at.type)}
+    if status is DeliveryStatus.FAILED:
+        values["last_error"] = bindparam("error", type_=columns.last_error.type)
+    elif status in FINISHED:
+        values["last_error"] = None
+    if status is DeliveryStatus.RUNNING:
+        values["attempts"] = columns.attempts + 1
+    return update(_DELIVERIES).where(columns.delivery_id == bindparam("id")).values(values).returning(*columns)
+
+
+def _start_delivery_statement() -> Any:
+    """UPDATE ... RETURNING for `start_delivery`, with parameters id, now and held_after (now minus the lease)."""
+    columns = _DELIVERIES.c
+    held = (columns.status == DeliveryStatus.RUNNING.value) & (
+        columns.updated_at > bindparam("held_after", type_=columns.updated_at.type))
+    finished = columns.status.in_([status.value for status in FINISHED])
+    return update(_DELIVERIES).where(columns.delivery_id == bindparam("id"), ~finished, ~held).values(
+        status=DeliveryStatus.RUNNING.value, attempts=columns.attempts + 1,
+        updated_at=bindparam("now", type_=columns.updated_at.type)).returning(*columns)
+
+
 def migrations_config() -> Config:
     """Alembic configuration that finds the migrations inside the installed package; no alembic.ini needed."""
     config = Config()
@@ -323,15 +359,34 @@ class Store:
         else:
             raise ValueError(f"unsupported database URL scheme {parsed.drivername!r}; use sqlite/postgresql")
         self._where = parsed.render_as_string(hide_password=True)
+        # The statements every delivery runs are built once with bound parameters: building one per call cost
+        # more CPU than running it, and the web process and the worker share that CPU.
+        columns = _DELIVERIES.c
+        self._save_delivery = self._insert()(_DELIVERIES).values(
+            {name: bindparam(name, type_=columns[name].type) for name in _SAVED_DELIVERY_COLUMNS}
+        ).on_conflict_do_nothing(index_elements=["delivery_id"]).returning(columns.delivery_id)
+        self._get_delivery = select(*columns).where(columns.delivery_id == bindparam("id"))
+        self._start_delivery = _start_delivery_statement()
+        self._mark_delivery = {status: _mark_delivery_statement(status) for status in DeliveryStatus}
 
     def close(self) -> None:
         self.engine.dispose()
 
     @contextmanager
     def _session(self) -> Iterator[Session]:
+        with self._unavailable_on_failure(), Session(self.engine, expire_on_commit=False) as session, \
+                session.begin():
+            yield session
+
+    def _first_row(self, statement: Any, parameters: Mapping[str, Any]) -> Row[Any] | None:
+        """Run one prebuilt statement in its own transaction on a bare connection, cheaper than a Session."""
+        with self._unavailable_on_failure(), self.engine.begin() as connection:
+            return connection.execute(statement, parameters).first()
+
+    @contextmanager
+    def _unavailable_on_failure(self) -> Iterator[None]:
         try:
-            with Session(self.engine, expire_on_commit=False) as session, session.begin():
-                yield session
+            yield
         except (sa_exc.OperationalError, sa_exc.InterfaceError) as error:
             reason = str(error.orig).strip().splitlines()[0] if error.orig else type(error).__name__
             raise StoreUnavailable(f"state store {self._where} is unavailable: {reason}") from error
@@ -366,56 +421,30 @@ class Store:
     def save_delivery(self, delivery_id: str, *, event: str, action: str | None, installation_id: int | None,
                       repository: str | None, payload: str, now: datetime) -> bool:
         """Persist a new delivery as pending; False when this delivery id was already saved (a replay)."""
-        statement = self._insert()(Delivery).values(
-            delivery_id=delivery_id, event=event, action=action, installation_id=installation_id,
-            repository=repository, payload=payload, status=DeliveryStatus.PENDING.value, attempts=0,
-            received_at=now, updated_at=now,
-        ).on_conflict_do_nothing(index_elements=["delivery_id"])
-        with self._session() as session:
-            return bool(_affected(session, statement, Delivery.delivery_id))
+        values = {"delivery_id": delivery_id, "event": event, "action": action, "installation_id": installation_id,
+                  "repository": repository, "payload": payload, "status": DeliveryStatus.PENDING.value,
+                  "attempts": 0, "received_at": now, "updated_at": now}
+        return self._first_row(self._save_delivery, values) is not None
 
     def get_delivery(self, delivery_id: str) -> DeliveryRecord | None:
-        with self._session() as session:
-            row = session.get(Delivery, delivery_id)
-            return None if row is None else self._delivery_record(row)
-
-    @staticmethod
-    def _delivery_record(row: Delivery) -> DeliveryRecord:
-        return dataclasses.replace(_record(DeliveryRecord, row), status=DeliveryStatus(row.status))
+        row = self._first_row(self._get_delivery, {"id": delivery_id})
+        return None if row is None else _delivery_record(row)
 
     def mark_delivery(self, delivery_id: str, status: DeliveryStatus | str, *, now: datetime,
                       error: str | None = None) -> DeliveryRecord:
         """Set the status; `running` counts an attempt, `failed` records the error and finishing clears it."""
-        status = DeliveryStatus(status)
-        values: dict[str, Any] = {"status": status.value, "updated_at": now}
-        if status is DeliveryStatus.FAILED:
-            values["last_error"] = error
-        elif status in FINISHED:
-            values["last_error"] = None
-        if status is DeliveryStatus.RUNNING:
-            values["attempts"] = Delivery.attempts + 1
-        with self._session() as session:
-            statement = update(Delivery).where(Delivery.delivery_id == delivery_id).values(values)
-            if not _affected(session, statement, Delivery.delivery_id):
-                raise KeyError(f"no delivery {delivery_id!r}")
-            row = session.get(Delivery, delivery_id, populate_existing=True)
-            assert row is not None
-            return self._delivery_record(row)
+        statement = self._mark_delivery[DeliveryStatus(status)]
+        row = self._first_row(statement, {"id": delivery_id, "now": now, "error": error})
+        if row is None:
+            raise KeyError(f"no delivery {delivery_id!r}")
+        return _delivery_record(row)
 
     def start_delivery(self, delivery_id: str, *, now: datetime,
                        lease: timedelta = DELIVERY_LEASE) -> DeliveryRecord | None:
         """Take the delivery for one attempt: mark it running and count the attempt, in one statement so two
         workers cannot both take it. None when it is missing, finished, or held by a worker under its lease."""
-        held = (Delivery.status == DeliveryStatus.RUNNING.value) & (Delivery.updated_at > now - lease)
-        finished = Delivery.status.in_([status.value for status in FINISHED])
-        statement = update(Delivery).where(Delivery.delivery_id == delivery_id, ~finished, ~held).values(
-            status=DeliveryStatus.RUNNING.value, attempts=Delivery.attempts + 1, updated_at=now)
-        with self._session() as session:
-            if not _affected(session, statement, Delivery.delivery_id):
-                return None
-            row = session.get(Delivery, delivery_id, populate_existing=True)
-            assert row is not None
-            return self._delivery_record(row)
+        row = self._first_row(self._start_delivery, {"id": delivery_id, "now": now, "held_after": now - lease})
+        return None if row is None else _delivery_record(row)
 
     def touch_delivery(self, delivery_id: str, *, now: datetime) -> bool:
         """Renew the lease of a running delivery; False when it is no longer running."""
@@ -432,11 +461,10 @@ class Store:
             status=DeliveryStatus.PENDING.value, attempts=case((Delivery.attempts > 0, Delivery.attempts - 1), else_=0),
             last_error=reason, updated_at=now)
         with self._session() as session:
-            if not _affected(session, statement, Delivery.delivery_id):
-                raise KeyError(f"no delivery {delivery_id!r}")
-            row = session.get(Delivery, delivery_id, populate_existing=True)
-            assert row is not None
-            return self._delivery_record(row)
+            row = session.execute(statement.returning(*_DELIVERIES.c)).first()
+        if row is None:
+            raise KeyError(f"no delivery {delivery_id!r}")
+        return _delivery_record(row)
 
     def unfinished_deliveries(self, *, older_than: datetime | None = None,
                               max_attempts: int = DEFAULT_MAX_ATTEMPTS, limit: int = 1000) -> list[str]:

@@ -50,14 +50,14 @@ _STRONG_PHRASES = (
     "no such file", "undefined reference", "cannot find symbol", "test-unexpected-", "process-crash",
     "core dumped", "out of memory", "timed out", "--- fail:", "not ok ", "but was", "but got", "to equal",
     "could not", "can't find", "cannot find", "cannot open", "not found", "compilation failed",
-    "exception:", "exception in", "assertion failed", "✗", "✕", "✖", "×",
+    "exception:", "exception in", "assertion failed", "✗", "✕", "✖", "×", "❌", "✘",
 )
 # A test harness's own verdict on a test or a process outranks every other error line.
 VERDICT_SCORE = 6.0
 VERDICT_PRIORITY = 1000.0
 _HARNESS_VERDICTS = (
     "test-unexpected-", "process-crash", "[taskcluster:error]", "--- fail:", "assertion failure:",
-    "addresssanitizer:", "panicked at", "segmentation fault",
+    "addresssanitizer:", "panicked at", "segmentation fault", "*** failed test case",
 )
 # A phrase can only be present when its longest word is: check that cheap set before the phrases.
 _PHRASE_TRIGGERS = frozenset(
@@ -85,6 +85,8 @@ _DECOY_PHRASES = (
     "continue-on-error", "ignore_errors", "ignore-errors", "error_reporting", "errorprone", "on-failure",
     "fail-fast", "failfast", "allow_failures", "warnings as errors", "✓", "✔",
 )
+# A build that says why it failed: stronger than the flags or words in the reason, such as `-Werror`.
+_DECISIVE_PHRASES = ("failing due to", "failed due to", "aborting due to")
 # Lines that only restate that something failed: the boundary of the failing command's output.
 _EXIT_MARKERS = re.compile(
     r"(?:The command \".*\" (?:failed and )?exited with [1-9]|Process completed with exit code [1-9]"
@@ -120,6 +122,10 @@ _TEST_RESULTS: tuple[tuple[str, re.Pattern[str]], ...] = (
     ("--- ", re.compile(r"--- (?P<verdict>FAIL|PASS): (?P<name>\S+)")),
     ("ok ", re.compile(r"^(?P<verdict>ok|not ok) \d+ (?:- )?(?P<name>.{1,80})$")),
 )
+_SCORING_WORDS = _STRONG_WORDS | _MEDIUM_WORDS
+_LEADING_MARKS = re.compile(r"[^\w\s]{1,6}|[A-Z]{2,}\b")
+# Of failures that look alike, each later one is placed this much earlier than the one before it.
+FAMILY_DECAY = 0.97
 _MASK = re.compile(r"0x[0-9a-f]+|\b[0-9a-f]{7,}\b|\d+(?:\.\d+)*", re.IGNORECASE)
 
 
@@ -152,8 +158,14 @@ def line_score(text: str) -> float:
         score = 2.0
     if (score and _STRUCTURAL.match(probe)) or (score == 2.0 and _FAILURE_COUNT.search(lower)):
         score = 4.0
-    if score and (words & _DECOY_WORDS or any(phrase in lower for phrase in _DECOY_PHRASES)):
+    decisive = "due to" in lower and any(phrase in lower for phrase in _DECISIVE_PHRASES)
+    if decisive:
+        score = 4.0
+    elif score and (words & _DECOY_WORDS or any(phrase in lower for phrase in _DECOY_PHRASES)):
         score *= 0.25
+    if score == 2.0 and ("warning" in words or "warn" in words):
+        # "warning: unable to …" is a tool's aside; a warning that fails the build says error or failed.
+        score = 1.0
     if score and any(verdict in lower for verdict in _HARNESS_VERDICTS):
         return VERDICT_SCORE
     level = _LEVEL.match(probe)
@@ -216,6 +228,7 @@ class _Region:
     rank_in_segment: int = 0
     verdict: bool = False
     open_until: int = 0
+    indent: int = 0
     final_score: float = field(default=0.0)
 
 
@@ -312,7 +325,7 @@ class Excerpter:
         region = self._open
         if (
             region is not None
-            and (line.number <= region.open_until or (_CONTINUATION.match(text) and score < 2.0))
+            and (line.number <= region.open_until or _continues(text, score, region.indent))
             and len(region.lines) < MAX_REGION_LINES
         ):
             region.lines.append(kept)
@@ -364,6 +377,7 @@ class Excerpter:
             step=line.step,
             signature=key,
             open_until=line.number + 2,
+            indent=_indent(line.text),
             rank_in_segment=self._segment_regions,
             verdict=score >= VERDICT_SCORE,
         )
@@ -433,8 +447,9 @@ class Excerpter:
         self._close_open()
         total = max(self._total, 1)
         tolerated = set(self._runner_exits[:-1]) - set(self._runner_exits[-1:])
+        positions = _family_positions(self._regions, total)
         for region in self._regions:
-            position = region.anchor / total
+            position = positions[id(region)]
             score = region.weight * (0.35 + 0.65 * position**2)
             if (region.job, region.step) in tolerated:
                 score *= 0.4
@@ -472,6 +487,51 @@ class Excerpter:
                         step=fill[-1].step, signature="fill", focus_end=True, final_score=-1.0)
             )
         return _pack(self._regions, self.budget, self._total, self._job_order)
+
+
+def _family(region: _Region) -> tuple[str, frozenset[str]] | None:
+    """What an anchor looks like apart from its names and numbers: its leading marks and its error words."""
+    anchor = next((line.text for line in region.lines if line.number == region.anchor), None)
+    if region.kind != "anchor" or anchor is None:
+        return None
+    stripped = anchor.strip()
+    marks = _LEADING_MARKS.match(stripped)
+    words = frozenset(_WORD_RE.findall(stripped[:400].lower())) & _SCORING_WORDS
+    return (marks.group(0) if marks else "", words)
+
+
+def _family_positions(regions: list[_Region], total: int) -> dict[int, float]:
+    """Each region's place in the log, 0 to 1, for the lateness prior. Where several failures look alike,
+    the first of them is the likely cause and the rest its echoes, so it takes the place of the last one
+    and each later one a little less."""
+    positions = {id(region): region.anchor / total for region in regions}
+    families: dict[tuple[str, frozenset[str]], list[_Region]] = {}
+    for region in regions:
+        family = _family(region)
+        if family is not None and family[1]:
+            families.setdefault(family, []).append(region)
+    for members in families.values():
+        if len(members) < 2:
+            continue
+        members.sort(key=lambda r: r.anchor)
+        latest = positions[id(members[-1])]
+        for rank, member in enumerate(members):
+            positions[id(member)] = latest * FAMILY_DECAY**rank
+    return positions
+
+
+def _indent(text: str) -> int:
+    return len(text) - len(text.lstrip())
+
+
+def _continues(text: str, score: float, anchor_indent: int) -> bool:
+    """Whether a line carries on the region above it: a stack frame or detail line indented under the
+    anchor does, even when it names an exception itself; a passing-test line does not."""
+    if not _CONTINUATION.match(text):
+        return False
+    if score < 2.0:
+        return not (text[:1].isspace() and is_noise(text))
+    return _indent(text) > anchor_indent
 
 
 def _kept(line: LogLine) -> LogLine:

@@ -124,18 +124,22 @@ def signature(lines: Sequence[str], limit: int = SIGNATURE_LINES) -> list[str]:
     return [distinct[index] for index in sorted(ranked[:limit])]
 
 
-def fingerprint(
-    classification_key: str,
-    lines: Sequence[str] | None = None,
-    *,
-    job: str = "",
-    workflow: str = "",
-) -> str:
-    """A short id that stays put across reruns and commits of one failure and differs between failures."""
+def fingerprint(classification_key: str, lines: Sequence[str] | None = None) -> str:
+    """A short id that stays put across reruns and commits of one failure and differs between failures.
+
+    It rests on the failure alone, never on job or workflow names: the CLI, the Action and the App must
+    agree on it, and one failure in several matrix jobs is one failure.
+    """
     lines = lines or []
     structured = next((key for key in map(structured_key, lines) if key), None)
-    # A structured event names its failure outright; the message around it is free text.
-    parts = ["structured", structured] if structured else ["key", normalize(classification_key), *signature(lines)]
-    # Job and workflow names are kept verbatim: "test (3.11)" and "test (3.12)" are different jobs.
-    basis = "\x00".join([FINGERPRINT_VERSION, workflow.strip(), job.strip(), *parts])
+    if structured:
+        # A structured event names its failure outright: "{error_code}:{target}" is the whole basis, so
+        # the same event has one fingerprint in every job, workflow and log around it.
+        return _digest(structured)
+    # The two empty fields once held job and workflow; they stay so stored fingerprints remain valid.
+    parts = [FINGERPRINT_VERSION, "", "", "key", normalize(classification_key), *signature(lines)]
+    return _digest("\x00".join(parts))
+
+
+def _digest(basis: str) -> str:
     return hashlib.sha256(basis.encode("utf-8")).hexdigest()[:FINGERPRINT_HEX_CHARS]

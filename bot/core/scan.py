@@ -72,6 +72,7 @@ def scored_literals() -> list[str]:
         set(rules._STRONG_WORDS)
         | set(rules._MEDIUM_WORDS)
         | set(rules._STRONG_PHRASES)
+        | set(rules._DECISIVE_PHRASES)
         | {level.lower() for level in rules._LOUD_LEVELS}
         | set(_LOWERS_TO_ASCII)
         # Excerpter.feed looks for an exit marker only in a line with one of these.

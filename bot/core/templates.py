@@ -110,3 +110,15 @@ ACTION_NO_FAILED_JOBS: Final = "## Mendbot\n\nRun {run_id} (attempt {attempt}) h
 ACTION_COMMENT_REFUSED: Final = (
     "could not comment on #{number}: {reason} (the job needs `permissions: pull-requests: write`)"
 )
+
+# Alerts to a repository's `notify` targets: plain text, since chat services read it as Markdown or worse.
+ALERT_TITLE: Final = "Mendbot: new CI incident in {repository}"
+ALERT_BODY: Final = "{line}\n{url}"
+NOTIFY_MARKER: Final = "<!-- mendbot:notify-refused={digest} -->"
+NOTIFY_ISSUE_TITLE: Final = "⚠️ Mendbot: some notify targets in .github/mendbot.yml are refused"
+NOTIFY_ISSUE_BODY: Final = (
+    "Mendbot will not send alerts to these `notify` targets of `.github/mendbot.yml` (shown as scheme and "
+    "host only), for the reasons given:\n\n{problems}\n\n"
+    "The other targets still get alerts. The schemes a repository may use are set by whoever runs "
+    "Mendbot (`MENDBOT_NOTIFY_SCHEMES`); see docs/configuration.md.\n{marker}"
+)

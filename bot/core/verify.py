@@ -21,8 +21,6 @@ NEARBY_LINES = 2
 MIN_QUOTE_CHARS = 8
 # A diagnosis that quotes nothing cannot be checked, so it cannot be trusted more than this.
 UNEVIDENCED_CONFIDENCE = 0.3
-# A log quote that checks out but points at a source location that does not, counts half.
-BAD_SOURCE_REF_WEIGHT = 0.5
 
 
 @dataclass(frozen=True)
@@ -32,7 +30,7 @@ class VerifiedDiagnosis:
     diagnosis: Diagnosis
     dropped: list[Evidence]
     corrected: list[tuple[int, int]]  # (quoted line, line where the quote really is)
-    verified_fraction: float
+    verified_fraction: float  # the share of the evidence whose every claim checked out
     all_invented: bool  # evidence was given and none of it is in the log
 
 
@@ -84,20 +82,36 @@ def verify_evidence(
     log_lines: Mapping[int, str] | Sequence[LogLine],
     fetched_sources: Mapping[str, str],
 ) -> VerifiedDiagnosis:
-    """Keep evidence quoted from the log (at its line or NEARBY_LINES away) whose file:line was fetched.
+    """Hold each piece of evidence to the log and the fetched sources; keep what checks out.
 
-    Confidence is scaled by the verified share of the evidence, and a note records every change. Notes name
-    line numbers only, never quoted text, because they are shown to people.
+    A log quote must be in the log, at its line or NEARBY_LINES away, or the evidence is dropped. A source
+    location must be in a fetched file: a quote that checks out loses a location that does not and stays,
+    counted as unverified; evidence that is only a source location is dropped with it. Confidence is scaled
+    by the verified share, and a note records every change. Notes name log line numbers only, never the
+    model's text (quotes or paths), because they are shown to people.
     """
     logs = _index(log_lines)
     kept: list[Evidence] = []
     dropped: list[Evidence] = []
+    not_in_log: list[Evidence] = []
+    not_fetched: list[Evidence] = []
     corrected: list[tuple[int, int]] = []
     notes: list[str] = []
-    score = 0.0
+    verified = 0
     for evidence in diagnosis_input.evidence:
+        source_ok = _source_exists(evidence, fetched_sources)
+        if not normalize_for_match(evidence.text):
+            # Nothing quoted, so the source location is the whole claim; with none, there is no claim.
+            if evidence.file is not None and source_ok:
+                kept.append(evidence)
+                verified += 1
+            else:
+                not_fetched.append(evidence)
+                dropped.append(evidence)
+            continue
         found = _find_quote(evidence, logs)
         if found is None:
+            not_in_log.append(evidence)
             dropped.append(evidence)
             continue
         job, number = found
@@ -105,29 +119,39 @@ def verify_evidence(
             corrected.append((evidence.line, number))
             notes.append(f"evidence line {evidence.line} was corrected to line {number}")
         checked = evidence.model_copy(update={"line": number, "job": job or evidence.job})
-        if _source_exists(evidence, fetched_sources):
-            score += 1
+        if source_ok:
+            verified += 1
         else:
-            score += BAD_SOURCE_REF_WEIGHT
             checked = checked.model_copy(update={"file": None, "file_line": None})
-            notes.append(f"the source location of evidence line {number} was removed: it was not fetched")
+            notes.append(
+                f"the source location of evidence line {number} was removed and the line counted as unverified:"
+                " it is not in the fetched source"
+            )
         kept.append(checked)
 
     given = len(diagnosis_input.evidence)
     confidence = diagnosis_input.confidence
     if given:
-        fraction = score / given
+        fraction = verified / given
         confidence = round(confidence * fraction, 3)
     else:
         fraction = 0.0
         confidence = min(confidence, UNEVIDENCED_CONFIDENCE)
         notes.append("the model quoted no evidence, so its confidence was capped")
     all_invented = given > 0 and not kept
-    if dropped:
-        numbers = ", ".join(str(evidence.line) for evidence in dropped)
-        notes.append(f"{len(dropped)} of {given} evidence lines were not found in the log: {numbers}")
+    if not_in_log:
+        numbers = ", ".join(str(evidence.line) for evidence in not_in_log)
+        notes.append(f"{len(not_in_log)} of {given} evidence lines were not found in the log: {numbers}")
+    if not_fetched:
+        numbers = ", ".join(str(evidence.line) for evidence in not_fetched)
+        notes.append(
+            f"{len(not_fetched)} of {given} evidence items quoted no log text and pointed at no fetched source"
+            f" location, so they were dropped: {numbers}"
+        )
     if all_invented:
         notes.append("none of the model's evidence is in the log")
+    elif verified < given:
+        notes.append(f"verified: {verified} of {given} evidence items (log quote and source location checked)")
     if confidence < diagnosis_input.confidence:
         notes.append(f"confidence lowered from {diagnosis_input.confidence:g} to {confidence:g}")
     diagnosis = diagnosis_input.model_copy(

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -11,6 +11,7 @@ from bot.core.diagnose import severity_at_least
 from bot.core.models import Severity
 from bot.plan import RunInfo
 from bot.policy.repo_config import RepoConfig
+from bot.ports import TargetCheck
 
 OWN_BRANCH_PREFIX = "mendbot/"
 FAILED_CONCLUSIONS = frozenset({"failure", "timed_out"})
@@ -75,6 +76,18 @@ def issue_gate(severity: Severity, config: RepoConfig) -> Decision:
     if severity_at_least(severity, config.severity_threshold):
         return Decision.allow(f"severity {severity} is at or above the threshold {config.severity_threshold}")
     return Decision.refuse(f"severity {severity} is below the threshold {config.severity_threshold}")
+
+
+def notify_gate(targets: Sequence[str], checks: Sequence[TargetCheck]) -> tuple[tuple[str, ...], Decision]:
+    """The notify targets an alert may go to, from the notifier's check of each (in the same order).
+
+    Refused when every target was refused; either way the reasons name each refused target and why.
+    """
+    usable = tuple(url for url, check in zip(targets, checks, strict=True) if not check.refusal)
+    reasons = [f"notify target {check.target} refused: {check.refusal}" for check in checks if check.refusal]
+    if not usable:
+        return (), Decision.refuse(*(reasons or ["the config lists no notify targets"]))
+    return usable, Decision.allow(*reasons)
 
 
 class RateGate:

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 from fnmatch import fnmatchcase
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from ruamel.yaml import YAML
@@ -87,6 +87,9 @@ class RateLimits(_Strict):
     issue_updates_per_hour: int = Field(
         default=6, ge=0, le=500, description="occurrence updates per incident issue per hour"
     )
+    notifications_per_hour: int = Field(
+        default=10, ge=0, le=500, description="alerts sent to the notify targets per hour"
+    )
 
 
 class RepoConfig(_Strict):
@@ -103,10 +106,10 @@ class RepoConfig(_Strict):
         default=24.0, gt=0, le=24 * 90, description="a repeat inside this window updates the issue quietly"
     )
     rate_limits: RateLimits = Field(default_factory=RateLimits)
-    notify: list[str] = Field(
+    notify: list[Annotated[str, Field(min_length=1, max_length=2048)]] = Field(
         default_factory=list,
         max_length=20,
-        description="where to send alerts (apprise URLs); stored, not yet used",
+        description="apprise URLs alerted when Mendbot opens a new incident issue",
     )
     diagnose_forks: bool = Field(default=True, description="diagnose runs from forks (never fix them)")
     dry_run: bool = Field(default=False, description="print what Mendbot would do instead of doing it")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import replace
 from enum import StrEnum
 from pathlib import Path
@@ -12,12 +12,14 @@ from typing import TYPE_CHECKING, Annotated, BinaryIO, TypeVar
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
 
-from bot.core.excerpt import DEFAULT_BUDGET, Excerpter, PassingIndex
-from bot.core.logs import LogError, LogLine, read_log
+from bot.core.excerpt import DEFAULT_BUDGET
+from bot.core.logs import LogError
 
 if TYPE_CHECKING:
+    from rich.progress import Progress
+
+    from bot.core.excerpt import Excerpter
     from bot.core.models import Excerpt
     from bot.ports import DiagnosisResult
     from bot.settings import Settings
@@ -73,28 +75,13 @@ class _CountingReader:
         return self._inner.tell()
 
 
-def _iter_log(path: str, progress: Progress | None) -> Iterator[LogLine]:
-    """The lines of a log file, or of standard input for `-`."""
-    if path == "-":
-        yield from read_log(sys.stdin.buffer)
-        return
-    file = Path(path)
-    if not file.is_file():
-        raise fail(f"no such log file: {path}")
-    with file.open("rb") as stream:
-        if progress is None:
-            yield from read_log(stream)
-            return
-        task = progress.add_task(file.name, total=file.stat().st_size)
-        reader = _CountingReader(stream, lambda n: progress.advance(task, n))
-        yield from read_log(reader)  # type: ignore[arg-type]
-
-
 def _progress_for(path: str) -> Progress | None:
     if path == "-" or not err.is_terminal or not Path(path).is_file():
         return None
     if Path(path).stat().st_size < PROGRESS_MIN_BYTES:
         return None
+    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
+
     return Progress(
         TextColumn("reading {task.description}"), BarColumn(), DownloadColumn(), TimeRemainingColumn(),
         console=err, transient=True,
@@ -103,22 +90,29 @@ def _progress_for(path: str) -> Progress | None:
 
 def build_excerpt(path: str, pass_log: Path | None, budget: int) -> Excerpter:
     """Stream a log through the excerpter; keep nothing but the excerpter's bounded state."""
+    from bot.core.excerpt import PassingIndex
+    from bot.core.logs import read_log
+    from bot.core.scan import excerpt_stream
+
     passing = None
     if pass_log is not None:
         if not pass_log.is_file():
             raise fail(f"no such passing log: {pass_log}")
         with pass_log.open("rb") as stream:
             passing = PassingIndex.build(read_log(stream))
-    excerpter = Excerpter(budget, passing)
+    if path == "-":
+        return excerpt_stream(sys.stdin.buffer, budget, passing)
+    file = Path(path)
+    if not file.is_file():
+        raise fail(f"no such log file: {path}")
     progress = _progress_for(path)
-    if progress is not None:
+    with file.open("rb") as stream:
+        if progress is None:
+            return excerpt_stream(stream, budget, passing)
         with progress:
-            for line in _iter_log(path, progress):
-                excerpter.feed(line)
-    else:
-        for line in _iter_log(path, None):
-            excerpter.feed(line)
-    return excerpter
+            task = progress.add_task(file.name, total=file.stat().st_size)
+            reader = _CountingReader(stream, lambda n: progress.advance(task, n))
+            return excerpt_stream(reader, budget, passing)  # type: ignore[arg-type]
 
 
 @app.command()
@@ -235,6 +229,8 @@ class _bar:
     """A rich progress bar over a known number of steps; yields the function that advances it."""
 
     def __init__(self, total: int, label: str) -> None:
+        from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
         self._progress = Progress(
             TextColumn(label), BarColumn(), TextColumn("{task.completed}/{task.total}"), TimeRemainingColumn(),
             console=err, transient=True, disable=not err.is_terminal,

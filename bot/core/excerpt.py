@@ -256,19 +256,39 @@ class Excerpter:
         self._history: deque[LogLine] = deque(maxlen=FILL_LINES)
         self._characters = 0
         self._undecodable = 0
-        self._before_last_exit: list[LogLine] = []
+        self._before_last_exit: Iterable[LogLine] = ()
+
+    @property
+    def wants_every_line(self) -> bool:
+        """True while state spans lines (an open region, a key block): a reader that skips lines must not."""
+        keys = self._encoded_keys
+        return self._open is not None or self._in_key_block or keys._in_key or bool(keys._carry or keys._tail)
+
+    # Hooks for a reader that feeds only the lines that matter (bot.core.scan) and rebuilds the others
+    # only where they are read: the context before an anchor or exit, and the fill before the last exit.
+    def _recent_lines(self, count: int) -> list[LogLine]:
+        """The last `count` non-empty lines before the current one."""
+        return list(self._recent)[-count:]
+
+    def _history_lines(self) -> Iterable[LogLine]:
+        """The last FILL_LINES non-empty lines, the current one included."""
+        return list(self._history)
 
     @property
     def looks_binary(self) -> bool:
         """True when much of what was read did not decode as text: an archive or binary, not a log."""
         return self._undecodable > BINARY_SHARE * max(self._characters, 1)
 
-    def feed(self, line: LogLine) -> None:
+    def feed(self, line: LogLine, plain: bool = False) -> None:
+        """Take the next line. `plain` promises that it holds none of the words, phrases, exit markers or test
+        verdicts the checks below look for (bot.core.scan proves it in bulk), so it scores 0 unread."""
         self._total = line.number
         self._characters += len(line.text)
         self._undecodable += line.text.count("\ufffd")
         self._job_order.setdefault(line.job, len(self._job_order))
-        line = self._hide_key_block(line)
+        shown = self._hide_key_block(line)
+        # A hidden key's placeholder was not in the bytes the scan read.
+        plain, line = plain and shown is line, shown
         text = line.text
         if _TEARDOWN_LINE.match(text) or (line.step and _TEARDOWN_STEP.match(line.step)):
             self._teardown = True
@@ -279,6 +299,9 @@ class Excerpter:
         # Decisions read the whole line; what is kept for the excerpt is cut, so memory stays small.
         kept = _kept(line)
         self._history.append(kept)
+        if plain:
+            self._place(line, kept, 0.0)
+            return
         lower = text.lower()
         if "pass" in lower or "fail" in lower or " ok" in lower or "rerun" in lower:
             self._track_test_result(text)
@@ -294,6 +317,11 @@ class Excerpter:
             score = max(score, 3.0)
         if self._teardown:
             score *= 0.4
+        self._place(line, kept, score)
+
+    def _place(self, line: LogLine, kept: LogLine, score: float) -> None:
+        """Add a scored line to the open region, or close it and perhaps open one."""
+        text = line.text
         region = self._open
         if (
             region is not None
@@ -333,13 +361,13 @@ class Excerpter:
         return line
 
     def _open_region(self, line: LogLine, score: float) -> None:
-        before = [old for old in list(self._recent)[-CONTEXT_BEFORE:] if old.job == line.job]
         key = signature(line.text)
         twin = self._by_signature.get(key)
         if twin is not None:
             # The same failure again: count it, keep the first copy's lines.
             twin.repeats += 1
             return
+        before = [old for old in self._recent_lines(CONTEXT_BEFORE) if old.job == line.job]
         region = _Region(
             lines=[*before, line],
             anchor=line.number,
@@ -363,9 +391,10 @@ class Excerpter:
             self._open = None
 
     def _add_exit_window(self, marker: LogLine) -> None:
-        window = [old for old in self._recent if old.job == marker.job and old.step == marker.step]
+        recent = self._recent_lines(EXIT_WINDOW)
+        window = [old for old in recent if old.job == marker.job and old.step == marker.step]
         if not window:
-            window = [old for old in self._recent if old.job == marker.job]
+            window = [old for old in recent if old.job == marker.job]
         # Passing-test lines just before the exit say nothing about why it failed.
         window = [old for old in window if not is_noise(old.text)]
         if marker.text.startswith(_RUNNER_EXIT):
@@ -387,7 +416,7 @@ class Excerpter:
         self._keep(region)
         if not verdict:
             self._last_exit = region
-            self._before_last_exit = list(self._history)  # filtered once, in finish
+            self._before_last_exit = self._history_lines()  # filtered once, in finish
 
     def _keep(self, region: _Region) -> None:
         self._regions.append(region)
@@ -447,7 +476,7 @@ class Excerpter:
                 final_score=float("inf"),
             )
             self._regions.append(focus)
-        fill = self._before_last_exit if self._last_exit is not None else list(self._history)
+        fill = self._before_last_exit if self._last_exit is not None else self._history_lines()
         fill = [line for line in fill if not is_noise(line.text)]
         if self.passing is not None:
             fill = [line for line in fill if line.text not in self.passing]

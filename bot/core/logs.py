@@ -58,7 +58,7 @@ def clean(raw: str) -> str:
     text = GHA_TIMESTAMP_RE.sub("", text, count=1)
     if text.startswith("["):
         text = BRACKET_TIMESTAMP_RE.sub("", text, count=1)
-    if TRAVIS_FOLD_RE.match(text):
+    if text.startswith("travis_") and TRAVIS_FOLD_RE.match(text):
         text = ""
     text = CONTROL_RE.sub("", text)
     return text.rstrip()
@@ -108,32 +108,38 @@ class _Readable(io.RawIOBase):
         return len(data)
 
 
+def parse_line(raw: bytes, number: int, job: str, step: str, truncated: bool = False) -> tuple[LogLine, str]:
+    """Parse one raw line (without `\\n`) given the step in effect; return it and the step after it."""
+    text = raw.decode("utf-8", errors="replace")
+    line_job = job
+    # The cheap tests first: most lines have no tab and start with neither `##[` nor `::`.
+    prefixed = GH_RUN_VIEW_RE.match(text) if "\t" in text else None
+    if prefixed:
+        line_job, step = prefixed.group(1), prefixed.group(2)
+        text = text[prefixed.end() :]
+    text = clean(text)
+    marker = ""
+    command = COMMAND_RE.match(text) if text.startswith("##[") else None
+    if command:
+        marker = command.group(1)
+        text = text[command.end() :]
+        if marker == "group" and text.startswith("Run ") and not prefixed:
+            step = text[4:].strip()
+    elif text.startswith("::"):
+        workflow_command = WORKFLOW_COMMAND_RE.match(text)
+        if workflow_command:
+            marker = workflow_command.group(1)
+    return LogLine(number, text, line_job, step, marker, truncated), step
+
+
 def parse_lines(stream: BinaryIO, job: str = "", max_line_bytes: int = MAX_LINE_BYTES) -> Iterator[LogLine]:
     """Yield every line of one job log (GitHub Actions, gh run view, Travis, Jenkins, plain, gzip)."""
     step = ""
     try:
         raw_lines = read_raw_lines(open_stream(stream), max_line_bytes)
         for number, (raw, truncated) in enumerate(raw_lines, start=1):
-            text = raw.decode("utf-8", errors="replace")
-            line_job = job
-            prefixed = GH_RUN_VIEW_RE.match(text)
-            if prefixed:
-                line_job, line_step = prefixed.group(1), prefixed.group(2)
-                step = line_step
-                text = text[prefixed.end() :]
-            text = clean(text)
-            marker = ""
-            command = COMMAND_RE.match(text)
-            if command:
-                marker = command.group(1)
-                text = text[command.end() :]
-                if marker == "group" and text.startswith("Run ") and not prefixed:
-                    step = text[4:].strip()
-            else:
-                workflow_command = WORKFLOW_COMMAND_RE.match(text)
-                if workflow_command:
-                    marker = workflow_command.group(1)
-            yield LogLine(number, text, line_job, step, marker, truncated)
+            line, step = parse_line(raw, number, job, step, truncated)
+            yield line
     except (OSError, EOFError, gzip.BadGzipFile) as exc:
         raise LogError(f"the log could not be read: {exc}") from exc
 
@@ -222,6 +228,12 @@ class _CappedReader(io.RawIOBase):
 
 def iter_zip_lines(stream: BinaryIO, max_total_bytes: int = MAX_ZIP_TOTAL_BYTES) -> Iterator[LogLine]:
     """Yield the lines of every job in a run-logs archive, each labeled with its job."""
+    for name, entry in iter_zip_jobs(stream, max_total_bytes):
+        yield from parse_lines(entry, job=name)
+
+
+def iter_zip_jobs(stream: BinaryIO, max_total_bytes: int = MAX_ZIP_TOTAL_BYTES) -> Iterator[tuple[str, BinaryIO]]:
+    """Yield the name and a capped byte stream of every job log in a run-logs archive, in the runner's order."""
     try:
         archive = zipfile.ZipFile(stream)
     except zipfile.BadZipFile as exc:
@@ -231,7 +243,7 @@ def iter_zip_lines(stream: BinaryIO, max_total_bytes: int = MAX_ZIP_TOTAL_BYTES)
         if total > max_total_bytes:
             raise LogError(f"archive expands to {total} bytes, over the {max_total_bytes}-byte cap")
         for job in list_zip_jobs(archive):
-            yield from parse_lines(open_zip_entry(archive, job.entry), job=job.name)
+            yield job.name, open_zip_entry(archive, job.entry)
 
 
 def is_zip(stream: BinaryIO) -> bool:

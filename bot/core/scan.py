@@ -1,0 +1,443 @@
+"""Excerpt a big log at C speed: one bulk scan finds the lines that can matter, only those are parsed.
+
+The excerpter decides from a few kinds of line: error-like words, exit markers, test verdicts, step and
+teardown markers, key material. A line with none of them changes nothing but the windows of recent lines,
+so it is skipped; the windows rebuild skipped lines from the raw bytes only where they are read. The
+candidate patterns come from the excerpt module's own tables, and whenever state spans lines (an open
+region, a key block) every line is fed. The result is the excerpt the line-by-line path gives.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import itertools
+import re
+import threading
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from functools import cache
+from typing import Any, BinaryIO
+
+from bot.core import excerpt as rules
+from bot.core.excerpt import DEFAULT_BUDGET, FILL_LINES, Excerpter, PassingIndex
+from bot.core.logs import (
+    MAX_LINE_BYTES,
+    LogError,
+    LogLine,
+    is_zip,
+    iter_zip_jobs,
+    open_stream,
+    parse_line,
+    read_log,
+    read_raw_lines,
+)
+from bot.core.redact import MIN_BASE64_RUN
+
+# Lines are read in pieces of about this size, each ending at a newline: big enough that the per-piece
+# work is nothing, small enough that the few pieces kept for the windows stay a few megabytes.
+CHUNK_BYTES = 4 * 1024 * 1024
+# Below this a log is read line by line, which takes less time than compiling the scan.
+SMALL_LOG_BYTES = 256 * 1024
+
+# The scan sees ANSI codes removed, one pass, as clean() removes them; an OSC string stops at a newline or
+# carriage return so that no line is joined to the next and no CR segment to the one before.
+_ANSI_BYTES = re.compile(rb"\x1b(?:\[[0-?]*[ -/]*[@-~]|\][^\x07\x1b\n\r]*(?:\x07|\x1b\\)?|[@-Z\\-_])")
+# Non-ASCII characters whose lowercase holds ASCII letters: `line_score` lowercases before it looks.
+_LOWERS_TO_ASCII = ("\u0130", "\u212a")
+
+
+# A test verdict counts only in one of the shapes of excerpt._TEST_RESULTS, each of which holds one of these
+# as written (the `ok N` of TAP is the pattern `ok [0-9]`); tests/test_scan.py checks the two agree.
+TEST_VERDICTS = ("PASSED", "FAILED", "ERROR", "RERUN", "--- FAIL", "--- PASS")
+
+
+def _literal(text: str) -> bytes:
+    """A pattern matching `text` byte for byte: letters and digits plain (so CASELESS applies), the rest hex."""
+    return b"".join(
+        bytes([byte]) if chr(byte).isascii() and chr(byte).isalnum() else b"\\x%02x" % byte
+        for byte in text.encode("utf-8")
+    )
+
+
+# What a line's patterns say it needs, strongest first: scoring; a test-verdict check (which matters only
+# while a failed test awaits its rerun); or only the bookkeeping of steps, teardown and keys (`plain`).
+SCORED, VERDICT, PLAIN = 0, 1, 2
+
+
+def scored_literals() -> list[str]:
+    """The words and phrases that can give a line a score, less each one that holds another (`failed` holds
+    `fail`): a line with the longer holds the shorter, and every extra match is a call into Python."""
+    texts = (
+        set(rules._STRONG_WORDS)
+        | set(rules._MEDIUM_WORDS)
+        | set(rules._STRONG_PHRASES)
+        | set(rules._DECISIVE_PHRASES)
+        | {level.lower() for level in rules._LOUD_LEVELS}
+        | set(_LOWERS_TO_ASCII)
+        # Excerpter.feed looks for an exit marker only in a line with one of these.
+        | {"exit", "fail", "error"}
+    )
+    # The tables are lowercase already; lowercasing here would turn the Kelvin sign into a plain `k`.
+    return sorted(text for text in texts if not any(other != text and other in text for other in texts))
+
+
+def candidate_patterns() -> list[tuple[bytes, int, int]]:
+    """Every pattern, with its hyperscan flags and kind, whose absence from a line proves feeding it changes
+    nothing.
+
+    A pattern may match more than it must (the line is then parsed for nothing) but never less, so each
+    reads the raw line anywhere, case-insensitively where the excerpter lowercases.
+    """
+    import hyperscan
+
+    caseless, multiline = hyperscan.HS_FLAG_CASELESS, hyperscan.HS_FLAG_MULTILINE
+    patterns = [(_literal(text), caseless, SCORED) for text in scored_literals()]
+    patterns += [
+        # Control characters vanish in clean() and could join the pieces of a word.
+        (rb"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]", 0, SCORED),
+        *[(_literal(verdict), 0, VERDICT) for verdict in TEST_VERDICTS],
+        (rb"ok [0-9]", 0, VERDICT),
+        # A step starts (the parser's step, the excerpter's teardown), or a teardown line.
+        (_literal("##[group]Run "), 0, PLAIN),
+        (rules._TEARDOWN_LINE.pattern.removeprefix("^").encode(), caseless, PLAIN),
+        # Key material: a PEM block, or a base64 run that ends the line or a CR segment (Base64KeyBlock).
+        (_literal("PRIVATE KEY"), 0, PLAIN),
+        (rb"[A-Za-z0-9+/=]{%d}[ \t\x0b\x0c\x80-\xff]*(?:\r|$)" % MIN_BASE64_RUN, multiline, PLAIN),
+        # `gh run view --log` prefixes set the job and step (logs.GH_RUN_VIEW_RE).
+        (rb"^[^\t\n]*\t[^\t\n]*\t(?:\xef\xbb\xbf)?\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d", multiline, PLAIN),
+    ]
+    return patterns
+
+
+_SCAN_LOCK = threading.Lock()
+
+
+@cache
+def _database() -> Any:
+    """The compiled scan, or None where hyperscan has no wheel (the line-by-line path then runs)."""
+    try:
+        import hyperscan
+    except ImportError:
+        return None
+    patterns = candidate_patterns()
+    database = hyperscan.Database(mode=hyperscan.HS_MODE_BLOCK)
+    # A pattern's id is its kind: a line needs what its strongest match says.
+    database.compile(
+        expressions=[pattern for pattern, _, _ in patterns],
+        ids=[kind for _, _, kind in patterns],
+        elements=len(patterns),
+        flags=[flags for _, flags, _ in patterns],
+    )
+    return database
+
+
+def available() -> bool:
+    """True when the bulk scan can run here."""
+    return _database() is not None
+
+
+def candidate_lines(buffer: bytes) -> dict[int, int]:
+    """The lines of `buffer` (split on newlines) that hold a candidate pattern, by index, with their kind."""
+    hits: list[int] = []
+    with _SCAN_LOCK:  # a compiled database has one scratch space, so one scan at a time
+        # One int per match, end offset and kind together, sorts fastest.
+        _database().scan(buffer, match_event_handler=lambda kind, _from, end, _flags, _c: hits.append(end << 2 | kind))
+    hits.sort()
+    found: dict[int, int] = {}
+    index, position, next_start = -1, 0, -1
+    for hit in hits:
+        end, kind = hit >> 2, hit & 3
+        last = max(end - 1, 0)
+        if last >= next_start:
+            index += buffer.count(b"\n", position, last) + (index < 0)
+            position = last
+            next_start = buffer.find(b"\n", last) + 1 or len(buffer) + 1
+            found[index] = kind
+        elif kind < found[index]:
+            found[index] = kind
+    return found
+
+
+@dataclass(slots=True)
+class _Skipped:
+    """A run of lines that were not fed: raw bytes kept by reference, parsed from the end when read."""
+
+    raw: list[bytes]
+    start: int
+    end: int
+    first_number: int
+    job: str
+    step: str
+    max_line_bytes: int
+    # Kept (redacted, cut) non-empty lines parsed so far, newest first, and the raw index parsed down to.
+    parsed: list[LogLine] = field(default_factory=list)
+    cursor: int = -1
+
+    def newest(self, count: int) -> list[LogLine]:
+        """Up to `count` of the newest non-empty lines of the run, newest first."""
+        if self.cursor < 0:
+            self.cursor = self.end
+        while len(self.parsed) < count and self.cursor > self.start:
+            self.cursor -= 1
+            raw = self.raw[self.cursor]
+            truncated = len(raw) >= self.max_line_bytes
+            line, _ = parse_line(
+                raw[: self.max_line_bytes] if truncated else raw,
+                self.first_number + self.cursor - self.start,
+                self.job,
+                self.step,
+                truncated,
+            )
+            # A skipped line holds no key material, so what feed() keeps of it is only the cut.
+            if line.text.strip():
+                self.parsed.append(rules._kept(line))
+        return self.parsed[:count]
+
+
+class SparseExcerpter(Excerpter):
+    """An Excerpter fed only the lines that matter, told of the others as runs it can read back."""
+
+    def __init__(self, budget: int = DEFAULT_BUDGET, passing: PassingIndex | None = None) -> None:
+        super().__init__(budget, passing)
+        # Fed non-empty lines (as kept) and skipped runs, oldest first; `_dropped` counts entries pruned.
+        self._timeline: list[LogLine | _Skipped] = []
+        self._dropped = 0
+        self._feeding = False
+        self._pending: _LazyHistory | None = None
+
+    def feed(self, line: LogLine, plain: bool = False) -> None:
+        newest = self._history[-1] if self._history else None
+        self._feeding = True
+        try:
+            super().feed(line, plain)
+        finally:
+            self._feeding = False
+        if self._history and self._history[-1] is not newest:
+            self._timeline.append(self._history[-1])
+
+    def awaits(self, raw: bytes) -> bool:
+        """Whether a line whose only candidate is a test verdict can be the rerun of a failed test.
+
+        The test's name, taken from the cleaned line, is then in the raw bytes too, unless an ANSI code
+        split it (a control character makes the line a scored candidate anyway).
+        """
+        tests = self._tests
+        return bool(tests) and (b"\x1b" in raw or any(name.encode() in raw for name in tests))
+
+    def skip(self, run: _Skipped, characters: int) -> None:
+        """Account for lines that were not fed; `characters` bounds their cleaned text from above."""
+        self._timeline.append(run)
+        self._characters += characters
+        self._job_order.setdefault(run.job, len(self._job_order))
+
+    def end_stream(self, job: str, lines: int) -> None:
+        """After the last line of one job's log: what feed() records of every line, for the skipped ones."""
+        if lines:
+            self._job_order.setdefault(job, len(self._job_order))
+            self._total = lines
+
+    def _newest(self, count: int, end: int | None = None) -> list[LogLine]:
+        """The newest `count` non-empty lines before timeline entry `end` (global index), oldest first."""
+        stop = (len(self._timeline) if end is None else end - self._dropped) - 1
+        found: list[LogLine] = []
+        while len(found) < count and stop >= 0:
+            entry = self._timeline[stop]
+            if isinstance(entry, _Skipped):
+                found.extend(entry.newest(count - len(found)))
+            else:
+                found.append(entry)
+            stop -= 1
+        found.reverse()
+        return found
+
+    def _recent_lines(self, count: int) -> list[LogLine]:
+        return self._newest(count)
+
+    def _history_lines(self) -> Iterable[LogLine]:
+        if not self._feeding:
+            return self._newest(FILL_LINES)
+        # At an exit marker: only the last one's history is ever read, so note where it ends for now.
+        self._pending = _LazyHistory(self, self._dropped + len(self._timeline), self._history[-1])
+        return self._pending
+
+    def prune(self) -> None:
+        """Drop what no window can read any more: everything before the newest FILL_LINES lines."""
+        if self._pending is not None:
+            self._pending.resolve()
+            self._pending = None
+        keep = FILL_LINES
+        index = len(self._timeline)
+        while keep > 0 and index > 0:
+            index -= 1
+            entry = self._timeline[index]
+            keep -= len(entry.newest(keep)) if isinstance(entry, _Skipped) else 1
+        if index > 0:
+            del self._timeline[:index]
+            self._dropped += index
+
+    def resolve(self, end: int, head: LogLine) -> list[LogLine]:
+        return [*self._newest(FILL_LINES - 1, end), head]
+
+
+class _LazyHistory:
+    """The history at an exit marker, built from the timeline when read or before it is pruned."""
+
+    def __init__(self, owner: SparseExcerpter, end: int, head: LogLine) -> None:
+        self._owner, self._end, self._head = owner, end, head
+        self._lines: list[LogLine] | None = None
+
+    def resolve(self) -> list[LogLine]:
+        if self._lines is None:
+            self._lines = self._owner.resolve(self._end, self._head)
+        return self._lines
+
+    def __iter__(self) -> Iterator[LogLine]:
+        return iter(self.resolve())
+
+
+def _chunks(stream: BinaryIO, size: int, max_line_bytes: int) -> Iterator[bytes]:
+    """Pieces of the stream that end at a newline (the last may not); an over-long line keeps its start only."""
+    while True:
+        block = stream.read(size)
+        if not block:
+            return
+        if block.endswith(b"\n"):
+            yield block
+            continue
+        pieces = [block]
+        partial = len(block) - (block.rfind(b"\n") + 1)
+        while True:
+            more = stream.readline(max_line_bytes)
+            if not more:
+                break
+            ended = more.endswith(b"\n")
+            body = more[:-1] if ended else more
+            room = max_line_bytes - partial
+            if room > 0:
+                pieces.append(body[:room])
+                partial += min(len(body), room)
+            if ended:
+                pieces.append(b"\n")
+                break
+        yield b"".join(pieces)
+
+
+def _feed_stream(excerpter: SparseExcerpter, chunks: Iterable[bytes], job: str, max_line_bytes: int) -> None:
+    step = ""
+    number = 0
+    try:
+        for chunk in chunks:
+            raw = chunk.split(b"\n")
+            if chunk.endswith(b"\n"):
+                raw.pop()
+            clean_text = b"\xef\xbf\xbd" not in chunk and _decodes(chunk)
+            if clean_text:
+                candidates = candidate_lines(_ANSI_BYTES.sub(b"", chunk) if b"\x1b" in chunk else chunk)
+            else:
+                # Undecodable bytes count towards telling a binary from a log: read every line of this piece.
+                candidates = dict.fromkeys(range(len(raw)), SCORED)
+            step = _feed_chunk(excerpter, raw, candidates, number, job, step, max_line_bytes)
+            number += len(raw)
+            excerpter.prune()
+    except (OSError, EOFError, gzip.BadGzipFile) as exc:
+        raise LogError(f"the log could not be read: {exc}") from exc
+    excerpter.end_stream(job, number)
+
+
+def _parse_chunks(chunks: Iterable[bytes], job: str, max_line_bytes: int) -> Iterator[LogLine]:
+    """Every line of the pieces, as parse_lines gives them from the stream they came from."""
+    step = ""
+    number = 0
+    try:
+        for chunk in chunks:
+            for raw, truncated in read_raw_lines(io.BytesIO(chunk), max_line_bytes):
+                number += 1
+                line, step = parse_line(raw, number, job, step, truncated)
+                yield line
+    except (OSError, EOFError, gzip.BadGzipFile) as exc:
+        raise LogError(f"the log could not be read: {exc}") from exc
+
+
+def _decodes(data: bytes) -> bool:
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def _feed_chunk(
+    excerpter: SparseExcerpter,
+    raw: list[bytes],
+    candidates: dict[int, int],
+    before: int,
+    job: str,
+    step: str,
+    max_line_bytes: int,
+) -> str:
+    """Feed the candidate lines of one piece, and every line while the excerpter wants them; return the step."""
+    index, count = 0, len(raw)
+    pending = iter(candidates)  # in line order, as candidate_lines found them
+    target = next(pending, count)
+    while index < count:
+        if not excerpter.wants_every_line:
+            while target < count and candidates[target] == VERDICT and not excerpter.awaits(raw[target]):
+                target = next(pending, count)
+            if index < target:
+                excerpter.skip(
+                    _Skipped(raw, index, target, before + index + 1, job, step, max_line_bytes),
+                    sum(map(len, raw[index:target])),
+                )
+                index = target
+                continue
+        line = raw[index]
+        truncated = len(line) >= max_line_bytes
+        parsed, step = parse_line(
+            line[:max_line_bytes] if truncated else line, before + index + 1, job, step, truncated
+        )
+        excerpter.feed(parsed, plain=candidates.get(index, PLAIN) == PLAIN)
+        index += 1
+        while target < index:
+            target = next(pending, count)
+    return step
+
+
+def excerpt_stream(
+    stream: BinaryIO,
+    budget: int = DEFAULT_BUDGET,
+    passing: PassingIndex | None = None,
+    max_line_bytes: int = MAX_LINE_BYTES,
+    small_bytes: int = SMALL_LOG_BYTES,
+) -> Excerpter:
+    """Read any supported log (zip of job logs, gzip, plain) into an excerpter, ready for `finish()`.
+
+    A log smaller than `small_bytes` is read line by line: that is quicker than compiling the scan.
+    """
+    if stream.seekable() and is_zip(stream):
+        if not available():
+            return _line_by_line(read_log(stream), budget, passing)
+        sparse = SparseExcerpter(budget, passing)
+        for name, entry in iter_zip_jobs(stream):
+            _feed_stream(sparse, _chunks(open_stream(entry), CHUNK_BYTES, max_line_bytes), name, max_line_bytes)
+        return sparse
+    try:
+        source = open_stream(stream)
+        pieces = _chunks(source, CHUNK_BYTES, max_line_bytes)
+        first = next(pieces, b"")
+        whole = not source.peek(1)  # type: ignore[attr-defined]
+    except (OSError, EOFError, gzip.BadGzipFile) as exc:
+        raise LogError(f"the log could not be read: {exc}") from exc
+    chunks = itertools.chain([first] if first else [], pieces)
+    if (whole and len(first) < small_bytes) or not available():
+        return _line_by_line(_parse_chunks(chunks, "", max_line_bytes), budget, passing)
+    sparse = SparseExcerpter(budget, passing)
+    _feed_stream(sparse, chunks, "", max_line_bytes)
+    return sparse
+
+
+def _line_by_line(lines: Iterable[LogLine], budget: int, passing: PassingIndex | None) -> Excerpter:
+    excerpter = Excerpter(budget, passing)
+    for line in lines:
+        excerpter.feed(line)
+    return excerpter

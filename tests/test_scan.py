@@ -1,0 +1,283 @@
+"""The bulk-scan excerpt path gives exactly the excerpt of the line-by-line path, on real and edge-case logs."""
+
+from __future__ import annotations
+
+import base64
+import gzip
+import io
+import json
+import re
+import sys
+import zipfile
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from bot.core import excerpt as rules
+from bot.core import scan
+from bot.core.excerpt import Excerpter, PassingIndex
+from bot.core.logs import read_log
+from bot.core.models import Excerpt
+from bot.core.redact import contains_secret
+
+FIXTURES = Path(__file__).parent / "fixtures" / "logs"
+TS = "2024-05-01T10:00:00.0000000Z "
+
+# Where hyperscan has no wheel every comparison below checks the line-by-line fallback instead.
+needs_scan = pytest.mark.skipif(not scan.available(), reason="hyperscan has no wheel for this platform")
+
+
+def reference(data: bytes, budget: int, passing: PassingIndex | None = None) -> Excerpter:
+    excerpter = Excerpter(budget, passing)
+    for line in read_log(io.BytesIO(data)):
+        excerpter.feed(line)
+    return excerpter
+
+
+def assert_same(data: bytes, budget: int = 4096, passing: PassingIndex | None = None) -> Excerpt:
+    """Both paths agree on the excerpt and on whether the input is text; return the excerpt."""
+    slow = reference(data, budget, passing)
+    fast = scan.excerpt_stream(io.BytesIO(data), budget, passing, small_bytes=0)
+    assert isinstance(fast, scan.SparseExcerpter) == scan.available()
+    expected, got = slow.finish(), fast.finish()
+    assert got == expected
+    assert fast.looks_binary == slow.looks_binary
+    return got
+
+
+def filler(count: int, start: int = 0) -> list[str]:
+    """Ordinary build chatter with no word the excerpter reacts to."""
+    return [f"{TS}Compiling module_{n} with cache {n * 7 % 13}" for n in range(start, start + count)]
+
+
+def log(*lines: str) -> bytes:
+    return ("\n".join(lines) + "\n").encode()
+
+
+@pytest.mark.parametrize("path", sorted(FIXTURES.glob("*.log")), ids=lambda p: p.name)
+@pytest.mark.parametrize("budget", [2048, 4096, 16384])
+def test_fixture_logs_excerpt_the_same(path: Path, budget: int) -> None:
+    assert_same(path.read_bytes(), budget)
+
+
+def test_a_passing_log_is_used_the_same_way() -> None:
+    passing = PassingIndex.build(read_log(io.BytesIO((FIXTURES / "gha-gradle-test-failure.pass.log").read_bytes())))
+    assert_same((FIXTURES / "gha-gradle-test-failure.log").read_bytes(), 4096, passing)
+
+
+@pytest.mark.parametrize("chunk", [64, 97, 1000, 4096])
+def test_chunk_boundaries_change_nothing(monkeypatch: pytest.MonkeyPatch, chunk: int) -> None:
+    monkeypatch.setattr(scan, "CHUNK_BYTES", chunk)
+    body = [
+        *filler(30),
+        f"{TS}##[group]Run make test",
+        *filler(7, 30),
+        f"{TS}error: expected ';' before '}}' token",
+        f"{TS}    at parse (src/parser.c:12)",
+        *filler(50, 40),
+        f"{TS}tests/test_x.py::test_one FAILED",
+        *filler(5, 90),
+        f"{TS}tests/test_x.py::test_one PASSED",
+        *filler(420, 100),
+        f"{TS}##[error]Process completed with exit code 2.",
+        *filler(3, 600),
+    ]
+    data = log(*body)
+    assert_same(data)
+    assert_same((FIXTURES / "gha-gradle-test-failure.log").read_bytes())
+
+
+def test_a_hit_exactly_at_a_chunk_boundary(monkeypatch: pytest.MonkeyPatch) -> None:
+    head = log(*filler(20))
+    monkeypatch.setattr(scan, "CHUNK_BYTES", len(head))
+    tail = [f"{TS}fatal: repository not found", *filler(10, 20), f"{TS}Error: Process completed with exit code 1."]
+    data = head + log(*tail)
+    excerpt = assert_same(data)
+    assert 21 in {line.number for line in excerpt.lines}
+
+
+def _pem() -> str:
+    key = ec.generate_private_key(ec.SECP256R1())
+    return key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL, serialization.NoEncryption()
+    ).decode()
+
+
+def test_keys_across_skipped_lines_are_redacted_the_same(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(scan, "CHUNK_BYTES", 512)
+    pem = _pem()
+    wrapped = base64.b64encode(pem.encode()).decode()
+    wrapped_lines = [wrapped[i : i + 76] for i in range(0, len(wrapped), 76)]
+    body = [
+        *filler(10),
+        f"{TS}cat deploy.pem",
+        *[f"{TS}{line}" for line in pem.strip().splitlines()],
+        *filler(3, 10),
+        f"{TS}echo $KEY | base64",
+        *[f"{TS}{line}" for line in wrapped_lines],
+        f"{TS}ERROR: deploy failed: permission denied (publickey)",
+        *filler(20, 20),
+        f"{TS}##[error]Process completed with exit code 1.",
+    ]
+    for budget in (1024, 4096, 16384):
+        excerpt = assert_same(log(*body), budget)
+        text = "\n".join(line.text for line in excerpt.lines)
+        assert "BEGIN EC PRIVATE KEY" not in text
+        assert not contains_secret(text)
+        assert all(piece not in text for piece in wrapped_lines[1:])
+    assert "[REDACTED" in "\n".join(line.text for line in assert_same(log(*body), 16384).lines)
+
+
+def test_travis_log_with_carriage_returns() -> None:
+    body = [
+        "travis_fold:start:install\r",
+        "Downloading 10%\rDownloading 50%\rDownloading 100%\r",
+        "\x1b[0K\x1b[33;1mThe command \"npm ci\" exited with 0.\x1b[0m\r",
+        "travis_fold:end:install\r",
+        *[f"ok {n} parses case {n}\r" for n in range(30)],
+        "progress 1/3\rprogress 2/3\rnpm ERR! code ELIFECYCLE\r",
+        "\x1b[31;1mThe command \"npm test\" exited with 1.\x1b[0m\r",
+        "Done. Your build exited with 1.\r",
+    ]
+    assert_same(log(*body))
+    assert_same((FIXTURES / "travis-elixir-test-failure.log").read_bytes())
+
+
+def test_ansi_codes_inside_words_and_lone_escapes() -> None:
+    body = [
+        *filler(20),
+        f"{TS}\x1b[1mNo such\x1b[0m file or directory: config.yml",
+        f"{TS}E\x1b[31mRR\x1b[0mOR in build",
+        f"{TS}\x1b\x1b[31m[0mtrailing escape",
+        f"{TS}\x1b]8;;http://x\x07link\x1b]8;;\x07 done",
+        f"{TS}K\u212aILLED by signal",
+        f"{TS}fa\x01iled with code 3",
+        *filler(20, 20),
+        f"{TS}##[error]Process completed with exit code 1.",
+    ]
+    assert_same(log(*body))
+
+
+def test_gh_run_view_log() -> None:
+    lines = []
+    for job, step, text in [
+        ("build", "Set up job", "Runner version 2.3"),
+        ("build", "Run tests", "collected 3 items"),
+        ("build", "Run tests", "tests/test_a.py::test_x FAILED"),
+        ("build", "Run tests", "E   assert 1 == 2"),
+        ("build", "Run tests", "##[error]Process completed with exit code 1."),
+        ("lint", "Run ruff", "All checks passed!"),
+        ("build", "Post Run actions/checkout@v4", "Post job cleanup."),
+    ]:
+        lines.append(f"{job}\t{step}\t{TS}{text}")
+    plain = filler(40)
+    assert_same(log(*plain[:20], *lines, *plain[20:]))
+
+
+def test_zip_and_gzip() -> None:
+    archive = io.BytesIO()
+    with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as bundle:
+        bundle.writestr("1_lint.txt", log(*filler(50), f"{TS}warning: unused import"))
+        bundle.writestr("2_test.txt", (FIXTURES / "gha-gradle-test-failure.log").read_bytes())
+        bundle.writestr("3_empty.txt", b"")
+        bundle.writestr("4_deploy.txt", log(*filler(500), f"{TS}fatal: could not read Username", *filler(3)))
+    assert_same(archive.getvalue())
+    assert_same(gzip.compress((FIXTURES / "gha-pytorch-keyboardinterrupt.log").read_bytes()))
+
+
+def test_long_lines_invalid_bytes_and_binary(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(scan, "CHUNK_BYTES", 40_000)
+    long_line = (TS + "x" * 70_000 + " error at the end").encode()
+    exact = (TS + "y" * (16 * 1024 - len(TS) - 1)).encode()
+    broken = b"\xff\xfe broken \xc3 error"
+    body = b"\n".join([*(line.encode() for line in filler(30)), long_line, exact, broken, b"tail"])
+    assert_same(body)
+    assert_same(body + b"\n")
+    assert_same(bytes(range(256)) * 400)
+    assert_same(b"")
+
+
+def test_without_a_final_newline_and_with_blank_lines() -> None:
+    body = log(*filler(10), "", f"{TS}", "   ", f"{TS}##[endgroup]", f"{TS}error: boom").rstrip(b"\n")
+    assert_same(body)
+
+
+def test_a_small_log_is_read_line_by_line() -> None:
+    data = (FIXTURES / "gha-gradle-test-failure.log").read_bytes()
+    for stream in (io.BytesIO(data), io.BytesIO(gzip.compress(data))):
+        small = scan.excerpt_stream(stream, 4096)
+        assert not isinstance(small, scan.SparseExcerpter)
+        assert small.finish() == reference(data, 4096).finish()
+    big = scan.excerpt_stream(io.BytesIO(data), 4096, small_bytes=len(data))
+    assert isinstance(big, scan.SparseExcerpter) == scan.available()
+
+
+def test_the_fallback_gives_the_same_excerpt(monkeypatch: pytest.MonkeyPatch) -> None:
+    data = (FIXTURES / "gha-gradle-test-failure.log").read_bytes()
+    monkeypatch.setattr(scan, "available", lambda: False)
+    fallback = scan.excerpt_stream(io.BytesIO(data), 4096, small_bytes=0)
+    assert not isinstance(fallback, scan.SparseExcerpter)
+    assert fallback.finish() == reference(data, 4096).finish()
+
+
+@needs_scan
+def test_candidates_come_from_the_excerpt_tables() -> None:
+    literals = scan.scored_literals()
+    patterns = {pattern for pattern, _, kind in scan.candidate_patterns() if kind == scan.SCORED}
+    assert {scan._literal(text) for text in literals} <= patterns
+    # Each word or phrase holds a literal the scan looks for, so a line with it is never skipped.
+    tables = rules._STRONG_WORDS | rules._MEDIUM_WORDS | set(rules._STRONG_PHRASES) | set(rules._DECISIVE_PHRASES)
+    for text in tables | {"critical", "severe"}:
+        assert any(literal in text.lower() for literal in literals), text
+    assert "fail" in literals and "failed" not in literals
+    # Every verdict a test-result shape can capture is one the scan looks for.
+    verdicts: set[str] = set()
+    for _, pattern in rules._TEST_RESULTS:
+        found = re.search(r"\(\?P<verdict>([^)]*)\)", pattern.pattern)
+        assert found is not None
+        verdicts |= set(found.group(1).split("|"))
+    covered = {"ok", "not ok"} | {v.removeprefix("--- ") for v in scan.TEST_VERDICTS}
+    assert verdicts <= covered
+    assert {"FAIL", "PASS"} <= {v.removeprefix("--- ") for v in scan.TEST_VERDICTS if v.startswith("--- ")}
+
+
+def test_only_two_characters_lowercase_into_ascii() -> None:
+    found = {
+        chr(code)
+        for code in range(128, sys.maxunicode + 1)
+        if not 0xD800 <= code <= 0xDFFF and any(c.isascii() and c.isalpha() for c in chr(code).lower())
+    }
+    assert found == set(scan._LOWERS_TO_ASCII)
+
+
+@needs_scan
+def test_candidate_lines_finds_each_line_once() -> None:
+    buffer = b"ok\nan error and a failure\nnothing\n\nfatal\nerror"
+    assert scan.candidate_lines(buffer) == {1: scan.SCORED, 4: scan.SCORED, 5: scan.SCORED}
+    verdicts = b"x\ntest_a PASSED\nok 3 parses\nRun make\n##[group]Run make\n--- PASS: TestX and an error"
+    assert scan.candidate_lines(verdicts) == {1: scan.VERDICT, 2: scan.VERDICT, 4: scan.PLAIN, 5: scan.SCORED}
+
+
+def _differs(dataset: str, row: dict[str, str]) -> str | None:
+    """The case id when the two paths disagree on it, else None."""
+    folder = Path(dataset)
+    passing = None
+    if row.get("pass_log"):
+        with (folder / row["pass_log"]).open("rb") as stream:
+            passing = PassingIndex.build(read_log(stream))
+    data = (folder / row["log"]).read_bytes()
+    fast = scan.excerpt_stream(io.BytesIO(data), 4096, passing, small_bytes=0).finish()
+    return None if fast == reference(data, 4096, passing).finish() else row["id"]
+
+
+@pytest.mark.timeout(600)  # about 30 s on an idle machine; the default cap is too tight on a busy one
+def test_dataset_logs_excerpt_the_same(dataset_dir: Path) -> None:
+    rows = [json.loads(line) for line in (dataset_dir / "manifest.jsonl").read_text().splitlines() if line.strip()]
+    assert rows
+    # The line-by-line reference is what takes the time: two processes halve it.
+    with ProcessPoolExecutor(2) as pool:
+        differing = [case for case in pool.map(_differs, [str(dataset_dir)] * len(rows), rows) if case]
+    assert differing == []

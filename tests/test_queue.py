@@ -392,3 +392,11 @@ def test_the_sweep_leaves_a_live_lease_alone_and_takes_over_a_lapsed_one(
     run_until(queue, lambda: status(store, "lapsed") is DeliveryStatus.DONE)
     assert handler.calls == ["lapsed"]
     assert status(store, "live") is DeliveryStatus.RUNNING
+
+
+def test_the_sqlite_queue_commits_without_a_flush_per_commit(tmp_path: Path) -> None:
+    huey = make_huey(None, str(tmp_path / "queue.db"))
+    # 1 is NORMAL: in WAL mode a commit survives the process dying; the store re-queues what a machine crash loses.
+    assert huey.storage.conn.execute("PRAGMA synchronous").fetchone()[0] == 1
+    assert huey.storage.conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+

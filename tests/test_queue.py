@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -400,3 +401,35 @@ def test_the_sqlite_queue_commits_without_a_flush_per_commit(tmp_path: Path) -> 
     assert huey.storage.conn.execute("PRAGMA synchronous").fetchone()[0] == 1
     assert huey.storage.conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
 
+
+def test_a_consumer_keeps_huey_errors_but_not_its_per_task_lines(
+    store: Store, tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name in ("huey", "huey.consumer"):  # as a fresh process has them; restored after the test
+        monkeypatch.setattr(logging.getLogger(name), "level", logging.NOTSET)
+    save(store, "d-1")
+    save(store, "d-2")
+    queue = Queue(make_huey(None, str(tmp_path / "queue.db")), store, poll_interval=0.05, retry_delay=0.05)
+    queue.register(Recorder(failures=1))
+    queue.enqueue("d-1")
+    queue.enqueue("d-2")
+
+    with caplog.at_level(logging.INFO):
+        run_until(queue, lambda: {status(store, "d-1"), status(store, "d-2")} == {DeliveryStatus.DONE})
+
+    from_huey = [record for record in caplog.records if record.name.startswith("huey")]
+    assert not [record.getMessage() for record in from_huey
+                if record.name == "huey" and record.levelno < logging.WARNING]
+    assert any(record.levelno == logging.ERROR and "ConnectionError" in (record.exc_text or "")
+               for record in from_huey)
+    assert any(record.name == "huey.consumer" and "consumer started" in record.getMessage() for record in from_huey)
+
+
+def test_a_huey_log_level_the_deployment_set_is_left_alone(
+    store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(logging.getLogger("huey"), "level", logging.DEBUG)
+    queue = Queue(make_huey(None, str(tmp_path / "queue.db")), store, poll_interval=0.05)
+    queue.register(Recorder())
+    queue.start_consumer().stop(graceful=True)
+    assert logging.getLogger("huey").level == logging.DEBUG

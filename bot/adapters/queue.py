@@ -104,6 +104,18 @@ def sqlite_queue_path(database_url: str, default: str) -> str:
     return str(database.with_name(f"{database.stem}-queue.db"))
 
 
+def _quiet_per_task_logs() -> None:
+    """Keep huey's warnings and errors but not the two INFO lines it logs for every task: at hundreds of
+    deliveries a second they cost CPU and bury the rest, and the store records every outcome anyway.
+    The consumer's start and stop lines stay, and a level the deployment set itself is left alone."""
+    huey_log = logging.getLogger("huey")
+    if huey_log.level == logging.NOTSET:
+        huey_log.setLevel(logging.WARNING)
+        consumer_log = logging.getLogger("huey.consumer")
+        if consumer_log.level == logging.NOTSET:
+            consumer_log.setLevel(logging.INFO)
+
+
 def _utc_now() -> datetime:
     return datetime.now(UTC)
 
@@ -238,6 +250,7 @@ class Queue:
         return True
 
     def _consumer(self, consumer_class: type[Consumer], workers: int) -> Consumer:
+        _quiet_per_task_logs()
         return consumer_class(self.huey, workers=workers, worker_type="thread", periodic=False,
                               max_delay=self.poll_interval, scheduler_interval=1)
 

@@ -408,6 +408,17 @@ def planted_secrets() -> dict[str, str]:
         "jwt": jwt,
         "password": "hunter2-" + chars(ALNUM, 10),
         "netrc_token": "ghp_" + chars(ALNUM, 36),
+        # Behind escapes that end in a letter or digit, inside an escaped assignment, percent-encoded itself.
+        "ghp_after_escape": "ghp_" + chars(ALNUM, 36),
+        "akia_after_escape": "AKIA" + chars(string.ascii_uppercase + string.digits, 16),
+        "ghu_after_json_escape": "ghu_" + chars(ALNUM, 36),
+        "gho_after_js_escape": "gho_" + chars(ALNUM, 36),
+        "jwt_after_newline_escape": jwt.rsplit(".", 1)[0] + "." + chars(B64URL, 43),
+        "password_escaped": "hunter3-" + chars(ALNUM, 10),
+        "slack_percent_encoded": "xoxb%2D" + chars(string.digits, 12) + "%2D" + chars(ALNUM, 24),
+        # A password holding "&": its tail must go too.
+        "ampersand_head": "Tr0ub4dor-" + chars(ALNUM, 6),
+        "ampersand_tail": "&" + chars(ALNUM, 12),
     }
 
 
@@ -431,6 +442,14 @@ def test_planted_secrets_never_reach_the_bytes_sent(
         f"Authorization: Bearer {secrets['jwt']}",
         f"mysql --user=root password={secrets['password']}",
         f"echo {encoded} | base64 -d > ~/.netrc",
+        f"GET /oauth/callback?q%3D{secrets['ghp_after_escape']}%26state%3D1",
+        f"aws: key%3D{secrets['akia_after_escape']}",
+        f'{{"msg": "auth a\\u003d{secrets["ghu_after_json_escape"]}"}}',
+        f"var t = 'x\\x3d{secrets['gho_after_js_escape']}'",
+        f'{{"error": "bad token\\n{secrets["jwt_after_newline_escape"]}"}}',
+        f"POST /login body=user%3Dci%26password%3D{secrets['password_escaped']}%26remember%3D1",
+        f"curl -d t={secrets['slack_percent_encoded']} https://hooks.example.com",
+        f"Password={secrets['ampersand_head']}{secrets['ampersand_tail']}",
         "-----BEGIN RSA PRIVATE KEY-----",
         *pem_body,
         "-----END RSA PRIVATE KEY-----",

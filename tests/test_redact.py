@@ -9,6 +9,7 @@ import random
 import re
 import string
 import time
+import urllib.parse
 from pathlib import Path
 
 import pytest
@@ -228,6 +229,25 @@ def test_a_percent_encoded_token_is_redacted_whole(name: str, kind: str) -> None
     redacted = redact_text(line)
 
     assert redacted == f"POST https://hooks.example.com/notify?t=[REDACTED:{kind}]&channel=ci"
+
+
+@pytest.mark.parametrize("plus_for_space", [False, True])
+def test_a_private_key_url_encoded_into_one_line_is_redacted(plus_for_space: bool) -> None:
+    pem = _fake_pem(body_chars=300)
+    encoded = (urllib.parse.quote_plus if plus_for_space else urllib.parse.quote)(pem, safe="")
+    line = f"POST /deploy-keys body=title%3Dci%26key%3D{encoded}"
+
+    redacted = redact_text(line)
+
+    assert redacted == "POST /deploy-keys body=title%3Dci%26key%3D[REDACTED:private_key]%0A"
+
+
+def test_a_slack_webhook_with_encoded_slashes_is_redacted_whole() -> None:
+    path = "T" + _chars(UPPER_ALNUM, 8) + "%2FB" + _chars(UPPER_ALNUM, 8) + "%2F" + _chars(ALNUM, 24)
+
+    redacted = redact_text(f"POST https://hooks.slack.com/services/{path} 404")
+
+    assert redacted == "POST https://hooks.slack.com/services/[REDACTED:slack_webhook] 404"
 
 
 def test_a_percent_encoded_base64_secret_is_redacted() -> None:

@@ -186,8 +186,9 @@ _NOT_A_SECRET_RE = re.compile(
     re.IGNORECASE,
 )
 
-_PEM_BEGIN_RE = re.compile(r"-----BEGIN[A-Z0-9 ]*PRIVATE KEY[A-Z ]*-----")
-_PEM_END_RE = re.compile(r"-----END[A-Z0-9 ]*PRIVATE KEY[A-Z ]*-----")
+# "+" is a space in a form-encoded body (urlencode), which is how a key pasted into a web form is logged.
+_PEM_BEGIN_RE = re.compile(r"-----BEGIN[A-Z0-9 +]*PRIVATE[ +]KEY[A-Z +]*-----")
+_PEM_END_RE = re.compile(r"-----END[A-Z0-9 +]*PRIVATE[ +]KEY[A-Z +]*-----")
 # The standard alphabet only: `base64` and `openssl base64`, which wrap keys over lines, never write "-_".
 _BASE64_ALPHABET = string.ascii_letters + string.digits + "+/"
 _BASE64_ALPHABET_AND_PADDING = frozenset(_BASE64_ALPHABET + "=")
@@ -411,7 +412,7 @@ def _key_block_spans(line: str, in_key_block: bool) -> tuple[list[_Span], bool]:
             return [(0, len(line), PRIVATE_KEY)], True
         spans.append((0, end.end(), PRIVATE_KEY))
         position = end.end()
-    while line.find("PRIVATE KEY", position) != -1:
+    while line.find("PRIVATE", position) != -1:
         begin = _PEM_BEGIN_RE.search(line, position)
         if begin is None:
             break
@@ -430,7 +431,11 @@ def _line_spans(line: str, *, decode_base64: bool = True) -> list[_Span]:
     unescaped = _unescaped(line)
     if unescaped is not None:
         view, layers = unescaped
-        for start, end, kind in _view_spans(view, decode_base64):
+        view_spans = _view_spans(view, decode_base64)
+        if "PRIVATE" in view:
+            # A key encoded into one line (%0A or \n for its newlines) starts and ends there.
+            view_spans.extend(_key_block_spans(view, False)[0])
+        for start, end, kind in view_spans:
             spans.append((_line_offset(start, layers), _line_offset(end, layers), kind))
     if spans and "[REDACTED" in line:
         # Text redacted before must come out unchanged, so a rule that bites into a placeholder was fooled.

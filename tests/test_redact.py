@@ -654,6 +654,11 @@ def test_adversarial_lines_are_linear() -> None:
         "token" + " " * 100_000,
         "--password " * 10_000,
         "A" * 200_000,
+        "%3D" * 100_000,
+        "%2525" * 50_000,
+        "\\u003d" * 50_000,
+        "password%3D" + "a%26" * 50_000,
+        "token=" + "a&" * 100_000,
     ]
     started = time.perf_counter()
 

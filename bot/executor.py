@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from bot.adapters.github import Annotation as GhAnnotation
-from bot.adapters.github import Comment, InstallationClient
+from bot.adapters.github import Comment, InstallationClient, Issue
 from bot.adapters.store import EffectRecord, Store
 from bot.core import templates
 from bot.core.render import marker
@@ -99,11 +99,14 @@ class Executor:
         self.notifier = notifier
         #: Keys of the incident issues whose opening the plan asks to alert about.
         self._announced: frozenset[str] = frozenset()
+        #: The plan's incident steps by key, so an alert can tell which run attempt may have reopened its issue.
+        self._incidents: dict[str, IncidentIssue] = {}
         #: How long a claim made outside the queue (no lease to renew) is trusted to be in progress.
         self.claim_timeout = timedelta(seconds=client.longest_call) + CLAIM_MARGIN
 
     def run(self, steps: Sequence[Step]) -> list[Done]:
         self._announced = frozenset(step.issue_key for step in steps if isinstance(step, IssueAlert))
+        self._incidents = {step.key: step for step in steps if isinstance(step, IncidentIssue)}
         # One at a time, in plan order: SECURITY item 9 wants writes serialised anyway.
         return [self._run_one(step) for step in steps]
 
@@ -238,6 +241,7 @@ class Executor:
                 return Done(step.describe(), "skipped", occurrence.target, ("this run was already counted",))
             now = self.clock()
             before = self.store.get_incident(step.repository, step.fingerprint)
+            last_seen = before.last_seen if before is not None else None
             if occurrence is None:
                 # Count the sighting once per run attempt, even if this delivery is retried.
                 diagnosis = step.job.diagnosis
@@ -250,60 +254,94 @@ class Executor:
                     excerpt_hash=None,
                     now=now,
                 )
+                # A retry finds the incident already stamped with this sighting; the one before it, which the
+                # dedup window is measured from, is kept with the claim.
                 self.store.record_effect(
                     step.occurrence_key,
                     kind="occurrence",
                     repository=step.repository,
                     now=now,
                     delivery_id=self.delivery_id,
+                    detail={"last_seen": last_seen.isoformat() if last_seen else None},
                 )
+            elif occurrence.detail is not None and "last_seen" in occurrence.detail:
+                stored = occurrence.detail["last_seen"]
+                last_seen = datetime.fromisoformat(stored) if stored else None
             incident = self.store.get_incident(step.repository, step.fingerprint)
             assert incident is not None
             number = before.issue_number if before is not None else None
             if number is None:
-                label = step.labels[0] if step.labels else None
                 # After the store was lost, the hidden marker still leads to the open issue we opened.
-                found = self.client.find_issue_by_marker(
-                    step.repository, marker(step.fingerprint), author=self.bot_login, label=label
-                )
+                found = self._own_open_issue(step)
                 if found is None:
                     return self._open(step, step.key, incident.count, now)
                 number = found.number
                 self._record_target(step.key, "issue", step.repository, str(number))
                 self.store.link_incident(step.repository, step.fingerprint, issue_number=number)
-            last_seen = before.last_seen if before is not None else None
             return self._add_occurrence(step, number, incident.count, last_seen, now)
 
     def _open(self, step: IncidentIssue, key: str, count: int, now: datetime) -> Done:
+        earlier = self.store.get_effect(key)
         done = self._claim(key, "issue", step.repository)
+        found = None
+        if not done and earlier is not None and key != step.key:
+            # An earlier attempt may have opened the issue and been killed before recording it. (The first
+            # issue of a fingerprint was looked for by marker already.)
+            found = self._own_open_issue(step)
         if done:
             number = int(done)
+        elif found is not None:
+            number = found.number
+            self._complete(key, str(number))
         else:
             allowed = self._limit("issues", step.repository, self.config.rate_limits.issues_per_hour)
             if not allowed:
                 return Done(step.describe(), "refused", None, allowed.reasons)
             issue = self.client.create_issue(step.repository, step.title, step.body(count, now), step.labels)
             number = issue.number
-            if step.key in self._announced:
-                # Armed before the issue's own claim is completed, so a retry after a crash from here on
-                # still finds the alert to send; a repeat of the failure never arms one.
-                self.store.record_effect(
-                    alert_key(step.repository, number),
-                    kind="alert",
-                    repository=step.repository,
-                    now=self.clock(),
-                    delivery_id=self.delivery_id,
-                    detail={"url": issue.html_url},
-                )
+            self._arm_alert(step, number, issue.html_url)
             self._complete(key, str(number))
         self.store.link_incident(step.repository, step.fingerprint, issue_number=number)
         self._complete(step.occurrence_key, str(number))
         return Done(step.describe(), "created", str(number))
 
+    def _own_open_issue(self, step: IncidentIssue) -> Issue | None:
+        label = step.labels[0] if step.labels else None
+        return self.client.find_issue_by_marker(
+            step.repository, marker(step.fingerprint), author=self.bot_login, label=label
+        )
+
+    def _arm_alert(self, step: IncidentIssue, number: int, url: str, reopened_by: str | None = None) -> None:
+        """Arm the alert about opening (or reopening) an issue, if the plan asks for one.
+
+        Armed before the issue's own claim is completed, so a retry after a crash from here on still finds
+        the alert to send; a quiet repeat of the failure never arms one.
+        """
+        if step.key not in self._announced:
+            return
+        self.store.record_effect(
+            alert_key(step.repository, number, reopened_by),
+            kind="alert",
+            repository=step.repository,
+            now=self.clock(),
+            delivery_id=self.delivery_id,
+            detail={"url": url},
+        )
+
     def _add_occurrence(
         self, step: IncidentIssue, number: int, count: int, last_seen: datetime | None, now: datetime
     ) -> Done:
         quiet = last_seen is not None and now - last_seen > step.dedup_window
+        if self.store.get_effect(step.reopen_key(number)) is not None:
+            # An earlier attempt of this delivery had started reopening the issue: finish that.
+            return self._reopen(step, number, count, now)
+        # Read before writing: a closed issue's body is not edited as if it were still open.
+        if self.client.get_issue(step.repository, number).state == "closed":
+            if last_seen is None or quiet:
+                # Back after a quiet spell longer than the window: a new incident, not the closed one.
+                return self._open(step, f"{step.key}:after-{number}", count, now)
+            # Back inside the window after a person closed it: the fix did not hold.
+            return self._reopen(step, number, count, now)
         allowed = self._limit(
             "issue_updates", f"{step.repository}#{number}", self.config.rate_limits.issue_updates_per_hour
         )
@@ -311,22 +349,46 @@ class Executor:
             # Counted in the store; the next update that is allowed shows the total.
             self._complete(step.occurrence_key, str(number))
             return Done(step.describe(), "counted", str(number), allowed.reasons)
-        issue = self.client.update_issue(step.repository, number, body=step.body(count, now))
-        if issue.state == "closed":
-            # A person closed it and the failure is back: a regression gets an issue of its own.
-            return self._open(step, f"{step.key}:after-{number}", count, now)
+        self.client.update_issue(step.repository, number, body=step.body(count, now))
         if quiet:
             self.client.add_issue_comment(step.repository, number, step.occurrence_comment(count, last_seen))
         self._complete(step.occurrence_key, str(number))
         return Done(step.describe(), "occurrence", str(number))
 
+    def _reopen(self, step: IncidentIssue, number: int, count: int, now: datetime) -> Done:
+        """Reopen a closed incident issue with a comment saying the failure is back, once per run attempt."""
+        key = step.reopen_key(number)
+        # Reopening stands in for the new issue a regression used to get, so the same hourly cap applies;
+        # keyed by the reopening, so a retry after a crash does not spend a second unit.
+        allowed = self._limit("issues", step.repository, self.config.rate_limits.issues_per_hour, for_work=key)
+        if not allowed:
+            # Counted in the store; the next occurrence inside the window tries the reopening again.
+            self._complete(step.occurrence_key, str(number))
+            return Done(step.describe(), "refused", str(number), allowed.reasons)
+        done = self._claim(key, "reopen", step.repository)
+        if done is None:
+            issue = self.client.update_issue(step.repository, number, body=step.body(count, now), state="open")
+            self._arm_alert(step, number, issue.html_url, reopened_by=step.run_attempt)
+            # A retry after a crash may find the comment already posted, under this run attempt's marker.
+            if self._own_comment(step.repository, number, step.occurrence_marker) is None:
+                self.client.add_issue_comment(step.repository, number, step.regression_comment(count))
+            self._complete(key, str(number))
+        self._complete(step.occurrence_key, str(number))
+        return Done(step.describe(), "reopened", str(number))
+
     def issue_alert(self, step: IssueAlert) -> Done:
-        """Send the alert armed when the issue was opened, once; nothing for an issue that was not new."""
+        """Send the alert armed when the issue was opened or reopened, once; nothing for a quiet repeat."""
         incident = self.store.get_incident(step.repository, step.fingerprint)
         number = incident.issue_number if incident is not None else None
         if number is None:
             return Done(step.describe(), "skipped", None, ("no issue was opened",))
         key = alert_key(step.repository, number)
+        title = step.title
+        incident_step = self._incidents.get(step.issue_key)
+        if incident_step is not None:
+            reopened = alert_key(step.repository, number, reopened_by=incident_step.run_attempt)
+            if self.store.get_effect(reopened) is not None:
+                key, title = reopened, step.reopened_title
         with self.locks.hold(key):
             armed = self.store.get_effect(key)
             if armed is None:
@@ -347,7 +409,7 @@ class Executor:
                 self._complete(key, "refused")
                 return Done(step.describe(), "refused", None, allowed.reasons)
             url = str((armed.detail or {}).get("url") or "")
-            results = self.notifier.send(step.targets, step.title, step.body(url))
+            results = self.notifier.send(step.targets, title, step.body(url))
             sent = sum(result.sent for result in results)
             # A target that failed is logged and reported, never retried: the delivery must not fail for it.
             self._complete(key, f"sent {sent}/{len(results)}")

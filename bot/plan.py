@@ -244,8 +244,16 @@ class IncidentIssue:
         return f"issue:{self.repository}:{self.fingerprint}"
 
     @property
+    def run_attempt(self) -> str:
+        return f"{self.run_id}.{self.attempt}"
+
+    @property
     def occurrence_key(self) -> str:
-        return f"occurrence:{self.repository}:{self.fingerprint}:{self.run_id}.{self.attempt}"
+        return f"occurrence:{self.repository}:{self.fingerprint}:{self.run_attempt}"
+
+    def reopen_key(self, issue_number: int) -> str:
+        """The ledger key of reopening issue `issue_number` for this run attempt."""
+        return f"reopen:{self.repository}#{issue_number}:{self.run_attempt}"
 
     def body(self, count: int, now: datetime) -> str:
         line = templates.OCCURRENCE_LINE.format(
@@ -262,8 +270,15 @@ class IncidentIssue:
             run_url=self.run_url,
             count=count,
             quiet=quiet,
-            marker=templates.OCCURRENCE_MARKER.format(run=f"{self.run_id}.{self.attempt}"),
+            marker=self.occurrence_marker,
         )
+
+    def regression_comment(self, count: int) -> str:
+        return templates.REGRESSION_COMMENT.format(run_url=self.run_url, count=count, marker=self.occurrence_marker)
+
+    @property
+    def occurrence_marker(self) -> str:
+        return templates.OCCURRENCE_MARKER.format(run=self.run_attempt)
 
     def describe(self) -> str:
         return (
@@ -324,10 +339,11 @@ def chat_text(text: str) -> str:
 
 @dataclass(frozen=True)
 class IssueAlert:
-    """Alert the repository's notify targets once when the incident issue of `fingerprint` is newly opened.
+    """Alert the repository's notify targets once when the incident issue of `fingerprint` is newly opened,
+    or reopened because the failure came back after a person closed it.
 
-    The executor arms the alert in the ledger when it opens the issue; a repeat inside or after the dedup
-    window finds nothing armed and sends nothing.
+    The executor arms the alert in the ledger when it opens or reopens the issue; a repeat on an open issue,
+    inside or after the dedup window, finds nothing armed and sends nothing.
     """
 
     repository: str
@@ -340,19 +356,24 @@ class IssueAlert:
     def title(self) -> str:
         return templates.ALERT_TITLE.format(repository=self.repository)
 
+    @property
+    def reopened_title(self) -> str:
+        return templates.ALERT_REOPENED_TITLE.format(repository=self.repository)
+
     def body(self, issue_url: str) -> str:
         return templates.ALERT_BODY.format(line=chat_text(self.line), url=issue_url)
 
     def describe(self) -> str:
         return (
             f"alert {len(self.targets)} notify target(s) if the issue for fingerprint {self.fingerprint} "
-            f"is newly opened: {chat_text(self.line)}"
+            f"is newly opened or reopened: {chat_text(self.line)}"
         )
 
 
-def alert_key(repository: str, issue_number: int) -> str:
-    """The ledger key of the one alert about one issue."""
-    return f"alert:{repository}#{issue_number}"
+def alert_key(repository: str, issue_number: int, reopened_by: str | None = None) -> str:
+    """The ledger key of the one alert about one issue's opening, or about its reopening by a run attempt."""
+    key = f"alert:{repository}#{issue_number}"
+    return f"{key}:reopened-{reopened_by}" if reopened_by else key
 
 
 @dataclass(frozen=True)

@@ -371,6 +371,31 @@ def test_a_new_incident_issue_alerts_the_notify_target_once_and_its_repeat_does_
         components.close()
 
 
+def test_a_failure_back_after_its_issue_was_closed_reopens_it_and_alerts_once_more(
+    fake: FakeGitHubServer, tmp_path: Path, receiver: Receiver
+) -> None:
+    fake.set_file(REPO, ".github/mendbot.yml", f"severity_threshold: medium\nnotify:\n  - {receiver.url()}\n")
+    settings = make_settings(tmp_path, fake.api_url, notify_schemes="json", notify_allow_private=True)
+    components = build_components(settings, registry=CollectorRegistry())
+    try:
+        with TestClient(create_app(settings, components=components, worker=True)) as client:
+            deliver_in_turn(client, components.store, [default_branch_run(fake)], "first")
+            [issue] = fake.repo(REPO).issues.values()
+            issue["state"] = "closed"
+            # Back within the dedup window, then once more while the issue is open again.
+            deliver_in_turn(client, components.store, [default_branch_run(fake), default_branch_run(fake)], "back")
+        assert [i["number"] for i in fake.repo(REPO).issues.values()] == [issue["number"]]
+        assert issue["state"] == "open" and "seen 3 times" in issue["body"]
+        regressions = [c for c in fake.repo(REPO).comments.values() if "regression" in c["body"]]
+        assert len(regressions) == 1 and regressions[0]["issue_url"] == issue["url"]
+        assert [payload["title"] for _, payload in receiver.received] == [
+            f"Mendbot: new CI incident in {REPO}",
+            f"Mendbot: CI incident reopened in {REPO} (failed again)",
+        ]
+    finally:
+        components.close()
+
+
 def test_a_notify_target_the_operator_did_not_allow_gets_nothing_and_is_reported_once(
     fake: FakeGitHubServer, tmp_path: Path, receiver: Receiver
 ) -> None:

@@ -448,17 +448,198 @@ def test_killed_after_opening_the_issue_the_retry_still_alerts_once(
     store.close()
 
 
-def test_a_reopened_regression_is_a_new_issue_and_alerts_again(
+def close(fake: FakeGitHubServer, number: int) -> None:
+    fake.repo(REPO).issues[number].update(state="closed", state_reason="completed")
+
+
+def regression_comments(fake: FakeGitHubServer, number: int) -> list[str]:
+    url = fake.repo(REPO).issues[number]["url"]
+    return [c["body"] for c in fake.repo(REPO).comments.values() if c["issue_url"] == url and "again" in c["body"]]
+
+
+def test_a_repeat_inside_the_window_reopens_the_closed_issue_and_alerts_once(
     fake: FakeGitHubServer, client: InstallationClient, url: str, receiver: Receiver
 ) -> None:
     store = Store(url)
     first = issue_step(run_id=100)
     executor(client, store, notifier=local_notifier()).run([first, alert_for(first, receiver)])
     [issue] = fake.repo(REPO).issues.values()
-    issue["state"] = "closed"
+    close(fake, issue["number"])
+
     back = issue_step(run_id=101)
-    executor(client, store, "d-2", notifier=local_notifier()).run([back, alert_for(back, receiver)])
-    assert len(fake.repo(REPO).issues) == 2 and len(receiver.received) == 2
+    later = NOW + timedelta(hours=2)
+    reopened, alerted = executor(client, store, "d-2", now=later, notifier=local_notifier()).run(
+        [back, alert_for(back, receiver)]
+    )
+
+    assert (reopened.action, reopened.target) == ("reopened", str(issue["number"]))
+    assert len(fake.repo(REPO).issues) == 1
+    assert (issue["state"], issue["state_reason"]) == ("open", "reopened")
+    assert "seen 2 times" in issue["body"]
+    [comment] = regression_comments(fake, issue["number"])
+    assert "regression" in comment and "2 occurrences" in comment and "runs/101" in comment
+    assert alerted.action == "sent"
+    assert [payload["title"] for _, payload in receiver.received] == [
+        f"Mendbot: new CI incident in {REPO}",
+        f"Mendbot: CI incident reopened in {REPO} (failed again)",
+    ]
+    assert receiver.received[1][1]["message"].endswith("\n" + issue["html_url"])
+
+    # The same delivery again, then a quiet repeat on the reopened issue: no second reopening, no alert.
+    executor(client, store, "d-2", now=later, notifier=local_notifier()).run([back, alert_for(back, receiver)])
+    repeat = issue_step(run_id=102)
+    counted, quiet = executor(client, store, "d-3", now=later, notifier=local_notifier()).run(
+        [repeat, alert_for(repeat, receiver)]
+    )
+    assert counted.action == "occurrence" and quiet.action == "skipped"
+    assert len(receiver.received) == 2 and len(regression_comments(fake, issue["number"])) == 1
+    assert "seen 3 times" in issue["body"]
+    store.close()
+
+
+def test_the_issue_state_is_read_before_its_body_is_edited(
+    fake: FakeGitHubServer, client: InstallationClient, url: str
+) -> None:
+    store = Store(url)
+    [first] = executor(client, store).run([issue_step(run_id=100)])
+    number = int(first.target or 0)
+    close(fake, number)
+    fake.requests.clear()
+
+    executor(client, store, "d-2", now=NOW + timedelta(hours=1)).run([issue_step(run_id=101)])
+
+    calls = fake.requests_to(rf"/issues/{number}$")
+    assert calls[0].method == "GET"
+    patches: list[dict[str, Any]] = [call.json() for call in calls if call.method == "PATCH"]
+    # One edit, and it reopens as it writes the new count: the closed issue is never edited as if open.
+    assert len(patches) == 1 and patches[0]["state"] == "open" and "seen 2 times" in patches[0]["body"]
+    store.close()
+
+
+def test_outside_the_window_a_closed_issue_stays_closed_and_a_new_one_is_opened(
+    fake: FakeGitHubServer, client: InstallationClient, url: str, receiver: Receiver
+) -> None:
+    store = Store(url)
+    first = issue_step(run_id=100)
+    [opened, _] = executor(client, store, notifier=local_notifier()).run([first, alert_for(first, receiver)])
+    old = fake.repo(REPO).issues[int(opened.target or 0)]
+    close(fake, old["number"])
+    old_body = old["body"]
+
+    back = issue_step(run_id=101)
+    later = NOW + timedelta(hours=25)
+    created, alerted = executor(client, store, "d-2", now=later, notifier=local_notifier()).run(
+        [back, alert_for(back, receiver)]
+    )
+
+    assert created.action == "created" and created.target != opened.target
+    assert (old["state"], old["body"]) == ("closed", old_body)
+    assert not regression_comments(fake, old["number"])
+    new = fake.repo(REPO).issues[int(created.target or 0)]
+    assert new["state"] == "open" and marker(first.fingerprint) in new["body"]
+    incident = store.get_incident(REPO, first.fingerprint)
+    assert incident is not None and incident.issue_number == new["number"]
+    assert alerted.action == "sent"
+    assert [payload["title"] for _, payload in receiver.received] == [f"Mendbot: new CI incident in {REPO}"] * 2
+    store.close()
+
+
+def test_a_retry_measures_the_window_from_the_sighting_before_its_own(
+    fake: FakeGitHubServer, client: InstallationClient, url: str
+) -> None:
+    store = Store(url)
+    [opened] = executor(client, store).run([issue_step(run_id=100)])
+    old = int(opened.target or 0)
+    close(fake, old)
+    back = issue_step(run_id=101)
+    later = NOW + timedelta(hours=30)
+    # The first attempt counts the sighting (the incident is now last seen `later`), then GitHub fails.
+    fake.fail_next(rf"/issues/{old}$", 404, method="GET")
+    with pytest.raises(Exception, match="404"):
+        executor(client, store, "d-2", now=later).run([back])
+
+    [done] = executor(client, store, "d-2", now=later + timedelta(minutes=1)).run([back])
+
+    # Still 30 hours after the last sighting before this run, so a new issue, not a reopening.
+    assert done.action == "created" and done.target != str(old)
+    assert fake.repo(REPO).issues[old]["state"] == "closed"
+    store.close()
+
+
+def test_killed_after_opening_an_issue_for_a_failure_that_came_back_the_retry_finds_it(
+    fake: FakeGitHubServer, client: InstallationClient, url: str
+) -> None:
+    store = Store(url)
+    [opened] = executor(client, store).run([issue_step(run_id=100)])
+    store.close()
+    close(fake, int(opened.target or 0))
+    back = issue_step(run_id=101)
+    later = NOW + timedelta(hours=30)
+    crashing = CrashingStore(url, crash_on=f"{back.key}:after-")
+    with pytest.raises(SystemError):
+        executor(client, crashing, "d-2", now=later).run([back])
+    crashing.close()
+
+    store = Store(url)
+    [done] = executor(client, store, "d-2", now=later).run([back])
+    assert len(fake.repo(REPO).issues) == 2
+    incident = store.get_incident(REPO, back.fingerprint)
+    assert incident is not None and str(incident.issue_number) == done.target != opened.target
+    store.close()
+
+
+def test_killed_while_reopening_the_retry_comments_and_alerts_once(
+    fake: FakeGitHubServer, client: InstallationClient, url: str, receiver: Receiver
+) -> None:
+    store = Store(url)
+    first = issue_step(run_id=100)
+    executor(client, store, notifier=local_notifier()).run([first, alert_for(first, receiver)])
+    store.close()
+    [issue] = fake.repo(REPO).issues.values()
+    close(fake, issue["number"])
+
+    back = issue_step(run_id=101)
+    later = NOW + timedelta(hours=3)
+    crashing = CrashingStore(url, crash_on="reopen:")
+    with pytest.raises(SystemError):
+        executor(client, crashing, "d-2", now=later, notifier=local_notifier()).run([back, alert_for(back, receiver)])
+    crashing.close()
+    assert issue["state"] == "open" and len(receiver.received) == 1
+    # Someone closes it again before the retry; the retry still finishes this reopening, not a new issue.
+    close(fake, issue["number"])
+
+    store = Store(url)
+    for delivery in ("d-2", "d-3"):
+        executor(client, store, delivery, now=later + timedelta(minutes=5), notifier=local_notifier()).run(
+            [back, alert_for(back, receiver)]
+        )
+    assert len(fake.repo(REPO).issues) == 1 and issue["state"] == "open"
+    assert len(regression_comments(fake, issue["number"])) == 1
+    assert len(receiver.received) == 2
+    incident = store.get_incident(REPO, first.fingerprint)
+    assert incident is not None and incident.count == 2
+    store.close()
+
+
+def test_a_reopening_beyond_the_hourly_issue_limit_is_counted_and_left_closed(
+    fake: FakeGitHubServer, client: InstallationClient, url: str
+) -> None:
+    store = Store(url)
+    config = RepoConfig.model_validate({"rate_limits": {"issues_per_hour": 1}})
+    [opened] = executor(client, store, config=config).run([issue_step(run_id=100)])
+    issue = fake.repo(REPO).issues[int(opened.target or 0)]
+    close(fake, issue["number"])
+    body = issue["body"]
+
+    [done] = executor(client, store, "d-2", config=config, now=NOW + timedelta(minutes=10)).run(
+        [issue_step(run_id=101)]
+    )
+
+    assert done.action == "refused" and "issues limit of 1" in done.reasons[0]
+    assert (issue["state"], issue["body"]) == ("closed", body)
+    assert len(fake.repo(REPO).issues) == 1
+    incident = store.get_incident(REPO, issue_step().fingerprint)
+    assert incident is not None and incident.count == 2
     store.close()
 
 

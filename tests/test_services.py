@@ -310,11 +310,25 @@ def test_after_the_database_is_lost_the_marker_finds_the_issue(world: World, tmp
         fresh.store.close()
 
 
-def test_a_closed_issue_that_comes_back_gets_a_new_issue(world: World) -> None:
+def test_a_closed_issue_that_comes_back_inside_the_window_is_reopened(world: World) -> None:
     world.config(MEDIUM_CONFIG)
     world.handle(world.failed_run(), "d-1")
     [first] = world.issues
     first["state"] = "closed"
+    world.clock.now += timedelta(hours=1)
+    world.handle(world.failed_run(), "d-2")
+    [issue] = world.issues
+    assert issue["state"] == "open" and "seen 2 times" in issue["body"]
+    [comment] = world.comments
+    assert "regression" in comment["body"]
+
+
+def test_a_closed_issue_that_comes_back_after_the_window_gets_a_new_issue(world: World) -> None:
+    world.config(MEDIUM_CONFIG)
+    world.handle(world.failed_run(), "d-1")
+    [first] = world.issues
+    first["state"] = "closed"
+    world.clock.now += timedelta(hours=25)
     world.handle(world.failed_run(), "d-2")
     assert len(world.issues) == 2
     assert [issue["state"] for issue in world.issues] == ["closed", "open"]

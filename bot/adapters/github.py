@@ -857,6 +857,9 @@ class InstallationClient:
             hit = self._call("scan labelled issues", scan)
         return hit
 
+    def get_issue(self, repo: str, number: int) -> Issue:
+        return self._call("get issue", lambda: _issue(self._repo(repo).get_issue(number)))
+
     def create_issue(self, repo: str, title: str, body: str, labels: Sequence[str] = ()) -> Issue:
         return self._write(
             "create issue",

@@ -86,6 +86,10 @@ OCCURRENCE_MARKER: Final = "<!-- mendbot:occurrence={run} -->"
 CONFIG_MARKER: Final = "<!-- mendbot:config={digest} -->"
 OCCURRENCE_LINE: Final = "**Occurrences:** seen {count} time{plural}; latest in [this run]({run_url}) at {when}."
 OCCURRENCE_COMMENT: Final = "Seen again{quiet} in [this run]({run_url}); {count} occurrences in all.\n{marker}"
+REGRESSION_COMMENT: Final = (
+    "Failed again in [this run]({run_url}) after this issue was closed, so Mendbot reopened it as a regression; "
+    "{count} occurrences in all.\n{marker}"
+)
 OTHER_JOBS_HEADING: Final = "### Other failed jobs"
 OTHER_JOB_LINE: Final = "- **{job}**: {line}"
 CHECK_RUN_TITLE: Final = "{category}: {summary}"
@@ -113,6 +117,7 @@ ACTION_COMMENT_REFUSED: Final = (
 
 # Alerts to a repository's `notify` targets: plain text, since chat services read it as Markdown or worse.
 ALERT_TITLE: Final = "Mendbot: new CI incident in {repository}"
+ALERT_REOPENED_TITLE: Final = "Mendbot: CI incident reopened in {repository} (failed again)"
 ALERT_BODY: Final = "{line}\n{url}"
 NOTIFY_MARKER: Final = "<!-- mendbot:notify-refused={digest} -->"
 NOTIFY_ISSUE_TITLE: Final = "⚠️ Mendbot: some notify targets in .github/mendbot.yml are refused"

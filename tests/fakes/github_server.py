@@ -1105,6 +1105,10 @@ class FakeGitHubServer:
             if key in body:
                 issue[key] = body[key]
         if "state" in body:
+            if body["state"] != issue["state"]:
+                # As GitHub records it: a reopening says so, and a close defaults to "completed".
+                reason = "reopened" if body["state"] == "open" else "completed"
+                issue["state_reason"] = body.get("state_reason") or reason
             issue["state"] = body["state"]
             issue["closed_at"] = iso(self.clock()) if body["state"] == "closed" else None
         if "labels" in body:

@@ -6,6 +6,7 @@ import base64
 import gzip
 import io
 import json
+import os
 import re
 import sys
 import zipfile
@@ -273,10 +274,16 @@ def _differs(dataset: str, row: dict[str, str]) -> str | None:
     return None if fast == reference(data, 4096, passing).finish() else row["id"]
 
 
-@pytest.mark.timeout(600)  # about 30 s on an idle machine; the default cap is too tight on a busy one
+@pytest.mark.timeout(600)
 def test_dataset_logs_excerpt_the_same(dataset_dir: Path) -> None:
     rows = [json.loads(line) for line in (dataset_dir / "manifest.jsonl").read_text().splitlines() if line.strip()]
     assert rows
+    if not os.environ.get("MENDBOT_ALL_CASES"):
+        # Every case costs `make test` about 90 s of CPU; a fixed quarter of them, with every format
+        # among them, keeps it near 25 s. MENDBOT_ALL_CASES=1 checks them all.
+        sample = rows[::4]
+        formats = {row["format"] for row in sample}
+        rows = sample + [row for row in rows if row["format"] not in formats]
     # The line-by-line reference is what takes the time: two processes halve it.
     with ProcessPoolExecutor(2) as pool:
         differing = [case for case in pool.map(_differs, [str(dataset_dir)] * len(rows), rows) if case]

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import threading
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from enum import StrEnum
@@ -359,6 +360,10 @@ class Store:
         else:
             raise ValueError(f"unsupported database URL scheme {parsed.drivername!r}; use sqlite/postgresql")
         self._where = parsed.render_as_string(hide_password=True)
+        # SQLite lets one writer in at a time and makes the others poll for the lock, sleeping 1, 2, 5, 10 ms
+        # and longer between tries; threads of one process queue on this lock instead and go in as soon as it
+        # is free. Other processes (a separate `mendbot worker`) still meet the busy timeout.
+        self._one_writer: AbstractContextManager[Any] = threading.Lock() if self.dialect == "sqlite" else nullcontext()
         # The statements every delivery runs are built once with bound parameters: building one per call cost
         # more CPU than running it, and the web process and the worker share that CPU.
         columns = _DELIVERIES.c
@@ -380,7 +385,7 @@ class Store:
 
     def _first_row(self, statement: Any, parameters: Mapping[str, Any]) -> Row[Any] | None:
         """Run one prebuilt statement in its own transaction on a bare connection, cheaper than a Session."""
-        with self._unavailable_on_failure(), self.engine.begin() as connection:
+        with self._one_writer, self._unavailable_on_failure(), self.engine.begin() as connection:
             return connection.execute(statement, parameters).first()
 
     @contextmanager

@@ -332,3 +332,17 @@ def test_a_build_that_says_why_it_failed_is_not_discounted_for_naming_a_flag() -
     # `-Werror` in a compiler command line is a decoy; "Failing due to -Werror." is the verdict.
     assert line_score("gcc -Wall -Werror -o app main.c") < 2.0
     assert line_score("Failing due to -Werror.") >= 4.0
+
+
+def test_a_line_printed_in_red_outranks_a_plain_one_with_the_same_words() -> None:
+    noise = [f"compiling module {n}" for n in range(200)]
+    log = "\n".join(
+        [
+            "\x1b[31m  Could not match type String with Effect\x1b[0m",
+            *noise,
+            "  Could not match the cached digest, downloading",
+            *noise,
+        ]
+    )
+    kept = numbers(excerpt_lines(lines_from_text(log), 80))
+    assert 1 in kept and 202 not in kept

@@ -218,3 +218,21 @@ def test_truncated_gzip_gets_a_clear_error() -> None:
     data = gzip.compress(b"line\n" * 1000)[:-20]
     with pytest.raises(LogError, match="could not be read"):
         parse(data)
+
+
+@pytest.mark.parametrize(
+    ("raw", "red"),
+    [
+        ("\x1b[31mAssertionError: 1 != 2\x1b[0m", True),
+        ("\x1b[1;31m  1) test fails\x1b[0m", True),
+        ("\x1b[91mbright red text", True),
+        ("\x1b[0;31m\x1b[0m", False),  # red switched on and off again: nothing shown in it
+        ("\x1b[31m   ", False),
+        ("\x1b[32mok 5 parses\x1b[0m", False),
+        ("plain error text", False),
+    ],
+)
+def test_lines_printed_in_red_are_marked(raw: str, red: bool) -> None:
+    [line] = lines_from_text(raw)
+    assert line.red is red
+    assert "\x1b" not in line.text

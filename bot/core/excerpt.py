@@ -22,6 +22,9 @@ CONTEXT_BEFORE = 3
 # A pass through the exit marker keeps this many lines of the failing command's output.
 EXIT_WINDOW = 40
 MAX_REGION_LINES = 120
+# Added to the score of a line printed in red: with one error-like word it anchors a region. Alone it stays
+# below every threshold, so bot.core.scan may skip a red line that has no such word unread.
+RED_BONUS = 1.0
 MAX_REGIONS = 48
 # Past this share of undecodable characters the input is not a text log.
 BINARY_SHARE = 0.2
@@ -315,6 +318,9 @@ class Excerpter:
             score *= 0.15
         if line.marker == "error":
             score = max(score, 3.0)
+        elif line.red and not self._teardown:
+            # A tool that colours a line red means it as an error, whatever words it uses.
+            score += RED_BONUS
         if self._teardown:
             score *= 0.4
         self._place(line, kept, score)

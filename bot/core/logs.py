@@ -17,6 +17,9 @@ MAX_ZIP_ENTRY_BYTES = 100 * 1024 * 1024
 MAX_ZIP_TOTAL_BYTES = 512 * 1024 * 1024
 MAX_ZIP_RATIO = 200
 
+# Red text, as most test runners and compilers print their errors: SGR 31 or 91 (bright), alone or among other
+# attributes, followed by something visible on the line.
+RED_RE = re.compile(r"\x1b\[(?:[0-9;]*;)?(?:31|91)(?:;[0-9;]*)?m(?!\s*(?:\x1b|$))")
 ANSI_RE = re.compile(r"\x1b(?:\[[0-?]*[ -/]*[@-~]|\][^\x07\x1b]*(?:\x07|\x1b\\)?|[@-Z\\-_])")
 GHA_TIMESTAMP_RE = re.compile(r"^\ufeff?\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d+)?Z ?")
 # Taskcluster and similar runners stamp each line "[task 2025-02-13T22:10:07.053Z] ".
@@ -44,6 +47,7 @@ class LogLine:
     step: str = ""
     marker: str = ""
     truncated: bool = False
+    red: bool = False
 
 
 def clean(raw: str) -> str:
@@ -117,6 +121,7 @@ def parse_line(raw: bytes, number: int, job: str, step: str, truncated: bool = F
     if prefixed:
         line_job, step = prefixed.group(1), prefixed.group(2)
         text = text[prefixed.end() :]
+    red = "\x1b[" in text and RED_RE.search(text) is not None
     text = clean(text)
     marker = ""
     command = COMMAND_RE.match(text) if text.startswith("##[") else None
@@ -129,7 +134,7 @@ def parse_line(raw: bytes, number: int, job: str, step: str, truncated: bool = F
         workflow_command = WORKFLOW_COMMAND_RE.match(text)
         if workflow_command:
             marker = workflow_command.group(1)
-    return LogLine(number, text, line_job, step, marker, truncated), step
+    return LogLine(number, text, line_job, step, marker, truncated, red), step
 
 
 def parse_lines(stream: BinaryIO, job: str = "", max_line_bytes: int = MAX_LINE_BYTES) -> Iterator[LogLine]:

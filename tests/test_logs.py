@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from bot.core.excerpt import Excerpter
 from bot.core.logs import (
     MAX_LINE_BYTES,
     LogError,
@@ -169,11 +170,79 @@ def test_run_logs_zip_reads_jobs_in_order_and_labels_them() -> None:
     ]
 
 
-def test_zip_with_only_step_files_reads_the_first_step_of_each_job(tmp_path: Path) -> None:
-    archive = make_zip({"lint/1_Set up job.txt": b"hello\n", "lint/2_Run ruff.txt": b"E501\n"})
+TS = b"2024-01-01T00:00:00.0000000Z "
+
+
+def test_zip_with_only_step_files_reads_every_step_in_order_numbered_on(tmp_path: Path) -> None:
+    archive = make_zip(
+        {
+            "lint/10_Post Run actions_checkout@v4.txt": TS + b"Post job cleanup.\n",
+            "lint/2_Run ruff.txt": TS + b"##[group]Run ruff check .\n" + TS + b"E501 line too long\n",
+            "lint/1_Set up job.txt": TS + b"hello\nsecond",  # no final newline: the next step still starts anew
+        }
+    )
     lines = list(iter_zip_lines(archive))
-    assert [(line.job, line.text) for line in lines] == [("lint", "hello")]
+    assert [(line.job, line.step, line.number, line.text) for line in lines] == [
+        ("lint", "Set up job", 1, "hello"),
+        ("lint", "Set up job", 2, "second"),
+        ("lint", "Run ruff", 3, "Run ruff check ."),  # the file names the step, not its group line
+        ("lint", "Run ruff", 4, "E501 line too long"),
+        ("lint", "Post Run actions_checkout@v4", 5, "Post job cleanup."),
+    ]
     assert not any(tmp_path.iterdir())
+
+
+def test_zip_reads_step_files_only_for_jobs_without_a_whole_job_file() -> None:
+    archive = make_zip(
+        {
+            "2_test.txt": TS + b"whole test log\n",
+            "test/1_Set up job.txt": TS + b"step copy of the test log\n",
+            "deploy/1_Set up job.txt": TS + b"deploy setup\n",
+            "deploy/2_Push.txt": TS + b"fatal: could not read Username\n",
+            "1_build.txt": TS + b"whole build log\n",
+        }
+    )
+    lines = list(read_log(archive))
+    assert [(line.job, line.step, line.number, line.text) for line in lines] == [
+        ("build", "", 1, "whole build log"),
+        ("test", "", 1, "whole test log"),
+        ("deploy", "Set up job", 1, "deploy setup"),
+        ("deploy", "Push", 2, "fatal: could not read Username"),
+    ]
+
+
+def test_step_names_from_entry_names_are_made_safe() -> None:
+    archive = make_zip({"job\x1b/1_..\x07Run\x7f tests.txt": b"boom\n", "job\x1b/2_.txt": b"after\n"})
+    lines = list(read_log(archive))
+    assert [(line.job, line.step) for line in lines] == [("job", "Run tests"), ("job", "step")]
+
+
+def test_the_failing_step_of_a_step_only_zip_is_excerpted_under_its_job_and_step() -> None:
+    archive = make_zip(
+        {
+            "test/1_Set up job.txt": b"".join(TS + b"Preparing runner %d\n" % n for n in range(50)),
+            "test/2_Run pytest.txt": TS + b"tests/test_a.py::test_x FAILED\n" + TS + b"E   assert 1 == 2\n"
+            + TS + b"##[error]Process completed with exit code 1.\n",
+            "test/3_Complete job.txt": TS + b"Cleaning up orphan processes\n",
+        }
+    )
+    excerpter = Excerpter(1024)
+    for line in read_log(archive):
+        excerpter.feed(line)
+    blocks = excerpter.finish().blocks
+    failing = next(block for block in blocks if any("assert 1 == 2" in line.text for line in block.lines))
+    assert (failing.job, failing.step) == ("test", "Run pytest")
+    assert [line.number for line in failing.lines if "assert 1 == 2" in line.text] == [52]
+
+
+def test_step_files_are_held_to_the_zip_caps() -> None:
+    bomb = {"lint/1_Set up job.txt": b"ok\n", "lint/2_Bomb.txt": b"\n" * (20 * 1024 * 1024)}
+    with pytest.raises(LogError, match="expands"):
+        list(read_log(make_zip(bomb)))
+    with pytest.raises(LogError, match="symlink"):
+        list(read_log(make_zip({"lint/1_Set up job.txt": b"ok\n"}, symlink="lint/2_Run.txt")))
+    with pytest.raises(LogError, match="over the 1000-byte cap"):
+        list(iter_zip_lines(make_zip({"lint/1_a.txt": b"x" * 600, "lint/2_b.txt": b"y" * 600}), 1000))
 
 
 def test_zip_entry_names_are_never_paths(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

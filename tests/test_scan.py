@@ -189,6 +189,19 @@ def test_zip_and_gzip() -> None:
     assert_same(gzip.compress((FIXTURES / "gha-pytorch-keyboardinterrupt.log").read_bytes()))
 
 
+def test_zip_of_step_files_only() -> None:
+    archive = io.BytesIO()
+    with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as bundle:
+        bundle.writestr("1_lint.txt", log(*filler(50), f"{TS}warning: unused import"))
+        bundle.writestr("test/1_Set up job.txt", log(*filler(300)).rstrip(b"\n"))
+        bundle.writestr("test/3_Post Run actions_checkout@v4.txt", log(f"{TS}Post job cleanup.", *filler(5)))
+        bundle.writestr("test/2_Run gradle test.txt", (FIXTURES / "gha-gradle-test-failure.log").read_bytes())
+        bundle.writestr("deploy/1_Push.txt", log(*filler(500), f"{TS}fatal: could not read Username", *filler(3)))
+    got = assert_same(archive.getvalue())
+    failing = [block for block in got.blocks if (block.job, block.step) == ("test", "Run gradle test")]
+    assert failing and all(line.number > 300 for block in failing for line in block.lines)  # numbered on
+
+
 def test_long_lines_invalid_bytes_and_binary(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(scan, "CHUNK_BYTES", 40_000)
     long_line = (TS + "x" * 70_000 + " error at the end").encode()

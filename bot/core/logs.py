@@ -112,14 +112,21 @@ class _Readable(io.RawIOBase):
         return len(data)
 
 
-def parse_line(raw: bytes, number: int, job: str, step: str, truncated: bool = False) -> tuple[LogLine, str]:
-    """Parse one raw line (without `\\n`) given the step in effect; return it and the step after it."""
+def parse_line(
+    raw: bytes, number: int, job: str, step: str, truncated: bool = False, pinned: bool = False
+) -> tuple[LogLine, str]:
+    """Parse one raw line (without `\\n`) given the step in effect; return it and the step after it.
+
+    A `pinned` step (a per-step file names its own step) is not changed by what the line says.
+    """
     text = raw.decode("utf-8", errors="replace")
     line_job = job
     # The cheap tests first: most lines have no tab and start with neither `##[` nor `::`.
     prefixed = GH_RUN_VIEW_RE.match(text) if "\t" in text else None
     if prefixed:
-        line_job, step = prefixed.group(1), prefixed.group(2)
+        line_job = prefixed.group(1)
+        if not pinned:
+            step = prefixed.group(2)
         text = text[prefixed.end() :]
     red = "\x1b[" in text and RED_RE.search(text) is not None
     text = clean(text)
@@ -128,7 +135,7 @@ def parse_line(raw: bytes, number: int, job: str, step: str, truncated: bool = F
     if command:
         marker = command.group(1)
         text = text[command.end() :]
-        if marker == "group" and text.startswith("Run ") and not prefixed:
+        if marker == "group" and text.startswith("Run ") and not prefixed and not pinned:
             step = text[4:].strip()
     elif text.startswith("::"):
         workflow_command = WORKFLOW_COMMAND_RE.match(text)
@@ -137,13 +144,19 @@ def parse_line(raw: bytes, number: int, job: str, step: str, truncated: bool = F
     return LogLine(number, text, line_job, step, marker, truncated, red), step
 
 
-def parse_lines(stream: BinaryIO, job: str = "", max_line_bytes: int = MAX_LINE_BYTES) -> Iterator[LogLine]:
-    """Yield every line of one job log (GitHub Actions, gh run view, Travis, Jenkins, plain, gzip)."""
-    step = ""
+def parse_lines(
+    stream: BinaryIO, job: str = "", max_line_bytes: int = MAX_LINE_BYTES, step: str = "", after: int = 0
+) -> Iterator[LogLine]:
+    """Yield every line of one job log (GitHub Actions, gh run view, Travis, Jenkins, plain, gzip).
+
+    A `step` given is pinned to every line (a per-step file of a run-logs zip); `after` is the number of
+    lines of the same job already read, so that numbering continues across its step files.
+    """
+    pinned = bool(step)
     try:
         raw_lines = read_raw_lines(open_stream(stream), max_line_bytes)
-        for number, (raw, truncated) in enumerate(raw_lines, start=1):
-            line, step = parse_line(raw, number, job, step, truncated)
+        for number, (raw, truncated) in enumerate(raw_lines, start=after + 1):
+            line, step = parse_line(raw, number, job, step, truncated, pinned)
             yield line
     except (OSError, EOFError, gzip.BadGzipFile) as exc:
         raise LogError(f"the log could not be read: {exc}") from exc
@@ -151,22 +164,27 @@ def parse_lines(stream: BinaryIO, job: str = "", max_line_bytes: int = MAX_LINE_
 
 @dataclass(frozen=True, slots=True)
 class ZipJob:
-    """One job's log inside a run-logs archive, named by the archive, never used as a path."""
+    """One job inside a run-logs archive, named by the archive; entry names are never used as paths.
+
+    `entries` holds (step, entry name) pairs: the whole-job file `<n>_<job>.txt` alone with no step (its
+    `##[group]Run` lines name the steps), or, when the archive has no such file for the job, every
+    `<job>/<n>_<step>.txt` in step order, each with its step's name.
+    """
 
     name: str
-    entry: str
+    entries: tuple[tuple[str, str], ...]
 
 
-def _label(entry_name: str) -> str:
+def _label(entry_name: str, fallback: str = "job") -> str:
     """Make an archive entry name safe to show: no directories, controls or traversal."""
     base = entry_name.replace("\\", "/").rstrip("/").rsplit("/", 1)[-1]
     base = CONTROL_RE.sub("", base).replace("..", "")
     base = re.sub(r"^\d+_", "", base)
-    return base.removesuffix(".txt").strip() or "job"
+    return base.removesuffix(".txt").strip() or fallback
 
 
 def list_zip_jobs(archive: zipfile.ZipFile) -> list[ZipJob]:
-    """List the per-job logs of a run-logs archive, ordered as the runner numbered them."""
+    """List the jobs of a run-logs archive: numbered whole-job files in the runner's order, then step-only jobs."""
     jobs: list[tuple[int, ZipJob]] = []
     steps: dict[str, list[tuple[int, str]]] = {}
     for info in archive.infolist():
@@ -176,14 +194,16 @@ def list_zip_jobs(archive: zipfile.ZipFile) -> list[ZipJob]:
         parts = name.replace("\\", "/").split("/")
         order = _order(parts[-1])
         if len(parts) == 1:
-            jobs.append((order, ZipJob(_label(name), name)))
+            jobs.append((order, ZipJob(_label(name), (("", name),))))
         elif len(parts) == 2:
             steps.setdefault(parts[0], []).append((order, name))
-    if not jobs:
-        # Some archives carry only per-step files; read the first step file of each job folder.
-        for folder, entries in steps.items():
-            entries.sort()
-            jobs.append((len(jobs), ZipJob(_label(folder), entries[0][1])))
+    whole = {job.name for _, job in jobs}
+    for folder, entries in steps.items():
+        if _label(folder) in whole:
+            continue  # the whole-job file already holds every step
+        entries.sort()
+        ordered = tuple((_label(entry, "step"), entry) for _, entry in entries)
+        jobs.append(((1 << 31) + len(jobs), ZipJob(_label(folder), ordered)))
     jobs.sort(key=lambda pair: pair[0])
     return [job for _, job in jobs]
 
@@ -232,13 +252,28 @@ class _CappedReader(io.RawIOBase):
 
 
 def iter_zip_lines(stream: BinaryIO, max_total_bytes: int = MAX_ZIP_TOTAL_BYTES) -> Iterator[LogLine]:
-    """Yield the lines of every job in a run-logs archive, each labeled with its job."""
-    for name, entry in iter_zip_jobs(stream, max_total_bytes):
-        yield from parse_lines(entry, job=name)
+    """Yield the lines of every job in a run-logs archive, each labeled with its job (and step, from step files).
+
+    A job read from step files is numbered as one log: the first line of a step follows the last of the
+    step before, as in the whole-job file GitHub builds from the same steps.
+    """
+    for name, parts in iter_zip_jobs(stream, max_total_bytes):
+        number = 0
+        for step, entry in parts:
+            for line in parse_lines(entry, job=name, step=step, after=number):
+                number = line.number
+                yield line
 
 
-def iter_zip_jobs(stream: BinaryIO, max_total_bytes: int = MAX_ZIP_TOTAL_BYTES) -> Iterator[tuple[str, BinaryIO]]:
-    """Yield the name and a capped byte stream of every job log in a run-logs archive, in the runner's order."""
+ZipParts = Iterator[tuple[str, BinaryIO]]
+
+
+def iter_zip_jobs(stream: BinaryIO, max_total_bytes: int = MAX_ZIP_TOTAL_BYTES) -> Iterator[tuple[str, ZipParts]]:
+    """Yield each job of a run-logs archive, in the runner's order, with its (step, capped byte stream) parts.
+
+    A job's parts are opened one at a time as they are read, so each is checked against the caps; read them
+    before asking for the next job.
+    """
     try:
         archive = zipfile.ZipFile(stream)
     except zipfile.BadZipFile as exc:
@@ -248,7 +283,7 @@ def iter_zip_jobs(stream: BinaryIO, max_total_bytes: int = MAX_ZIP_TOTAL_BYTES) 
         if total > max_total_bytes:
             raise LogError(f"archive expands to {total} bytes, over the {max_total_bytes}-byte cap")
         for job in list_zip_jobs(archive):
-            yield job.name, open_zip_entry(archive, job.entry)
+            yield job.name, ((step, open_zip_entry(archive, entry)) for step, entry in job.entries)
 
 
 def is_zip(stream: BinaryIO) -> bool:

@@ -323,9 +323,12 @@ def _chunks(stream: BinaryIO, size: int, max_line_bytes: int) -> Iterator[bytes]
         yield b"".join(pieces)
 
 
-def _feed_stream(excerpter: SparseExcerpter, chunks: Iterable[bytes], job: str, max_line_bytes: int) -> None:
-    step = ""
-    number = 0
+def _feed_stream(
+    excerpter: SparseExcerpter, chunks: Iterable[bytes], job: str, max_line_bytes: int, step: str = "", after: int = 0
+) -> int:
+    """Feed one log (or one step file, its `step` pinned, numbered on from `after`); return its last line number."""
+    pinned = bool(step)
+    number = after
     try:
         for chunk in chunks:
             raw = chunk.split(b"\n")
@@ -337,12 +340,12 @@ def _feed_stream(excerpter: SparseExcerpter, chunks: Iterable[bytes], job: str, 
             else:
                 # Undecodable bytes count towards telling a binary from a log: read every line of this piece.
                 candidates = dict.fromkeys(range(len(raw)), SCORED)
-            step = _feed_chunk(excerpter, raw, candidates, number, job, step, max_line_bytes)
+            step = _feed_chunk(excerpter, raw, candidates, number, job, step, max_line_bytes, pinned)
             number += len(raw)
             excerpter.prune()
     except (OSError, EOFError, gzip.BadGzipFile) as exc:
         raise LogError(f"the log could not be read: {exc}") from exc
-    excerpter.end_stream(job, number)
+    return number
 
 
 def _parse_chunks(chunks: Iterable[bytes], job: str, max_line_bytes: int) -> Iterator[LogLine]:
@@ -375,6 +378,7 @@ def _feed_chunk(
     job: str,
     step: str,
     max_line_bytes: int,
+    pinned: bool = False,
 ) -> str:
     """Feed the candidate lines of one piece, and every line while the excerpter wants them; return the step."""
     index, count = 0, len(raw)
@@ -394,7 +398,7 @@ def _feed_chunk(
         line = raw[index]
         truncated = len(line) >= max_line_bytes
         parsed, step = parse_line(
-            line[:max_line_bytes] if truncated else line, before + index + 1, job, step, truncated
+            line[:max_line_bytes] if truncated else line, before + index + 1, job, step, truncated, pinned
         )
         excerpter.feed(parsed, plain=candidates.get(index, PLAIN) == PLAIN)
         index += 1
@@ -409,17 +413,23 @@ def excerpt_stream(
     passing: PassingIndex | None = None,
     max_line_bytes: int = MAX_LINE_BYTES,
     small_bytes: int = SMALL_LOG_BYTES,
+    job: str = "",
 ) -> Excerpter:
     """Read any supported log (zip of job logs, gzip, plain) into an excerpter, ready for `finish()`.
 
-    A log smaller than `small_bytes` is read line by line: that is quicker than compiling the scan.
+    A log smaller than `small_bytes` is read line by line: that is quicker than compiling the scan. `job`
+    names the job of a plain log; a zip names its own jobs.
     """
     if stream.seekable() and is_zip(stream):
         if not available():
             return _line_by_line(read_log(stream), budget, passing)
         sparse = SparseExcerpter(budget, passing)
-        for name, entry in iter_zip_jobs(stream):
-            _feed_stream(sparse, _chunks(open_stream(entry), CHUNK_BYTES, max_line_bytes), name, max_line_bytes)
+        for name, parts in iter_zip_jobs(stream):
+            number = 0
+            for step, entry in parts:
+                chunks = _chunks(open_stream(entry), CHUNK_BYTES, max_line_bytes)
+                number = _feed_stream(sparse, chunks, name, max_line_bytes, step, number)
+            sparse.end_stream(name, number)
         return sparse
     try:
         source = open_stream(stream)
@@ -430,9 +440,9 @@ def excerpt_stream(
         raise LogError(f"the log could not be read: {exc}") from exc
     chunks = itertools.chain([first] if first else [], pieces)
     if (whole and len(first) < small_bytes) or not available():
-        return _line_by_line(_parse_chunks(chunks, "", max_line_bytes), budget, passing)
+        return _line_by_line(_parse_chunks(chunks, job, max_line_bytes), budget, passing)
     sparse = SparseExcerpter(budget, passing)
-    _feed_stream(sparse, chunks, "", max_line_bytes)
+    sparse.end_stream(job, _feed_stream(sparse, chunks, job, max_line_bytes))
     return sparse
 
 

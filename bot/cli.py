@@ -2,19 +2,22 @@
 
 from __future__ import annotations
 
+import io
 import json
 import sys
-from collections.abc import Callable
+import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 from enum import StrEnum
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, BinaryIO, TypeVar
+from typing import TYPE_CHECKING, Annotated, BinaryIO, TypeVar, cast
 
 import typer
 from rich.console import Console
 
 from bot.core.excerpt import DEFAULT_BUDGET
-from bot.core.logs import LogError
+from bot.core.logs import MAX_ZIP_TOTAL_BYTES, LogError
 
 if TYPE_CHECKING:
     from rich.progress import Progress
@@ -39,6 +42,10 @@ app.add_typer(eval_app, name="eval")
 err = Console(stderr=True)
 # Show a progress bar only when a log is big enough to take noticeable time.
 PROGRESS_MIN_BYTES = 8 * 1024 * 1024
+# A zip is read by seeking, which a pipe cannot do: one on standard input is copied aside first, in memory up
+# to this size and on disk beyond it. Anything else on standard input streams through untouched.
+STDIN_SPOOL_MEMORY_BYTES = 16 * 1024 * 1024
+ZIP_MAGIC = b"PK\x03\x04"
 
 
 class OutputFormat(StrEnum):
@@ -75,6 +82,47 @@ class _CountingReader:
         return self._inner.tell()
 
 
+class _Rejoined(io.RawIOBase):
+    """The bytes already taken from a stream, followed by the rest of it."""
+
+    def __init__(self, head: bytes, rest: BinaryIO) -> None:
+        self._head, self._rest = head, rest
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
+        if self._head:
+            size = min(len(buffer), len(self._head))
+            buffer[:size], self._head = self._head[:size], self._head[size:]
+            return size
+        data = self._rest.read(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
+
+
+@contextmanager
+def stdin_log(stdin: BinaryIO, max_zip_bytes: int = MAX_ZIP_TOTAL_BYTES) -> Iterator[BinaryIO]:
+    """Standard input as a log: streamed as it comes, except a zip, which is spooled so that it can be seeked."""
+    if stdin.seekable():
+        yield stdin
+        return
+    head = stdin.read(len(ZIP_MAGIC))
+    while len(head) < len(ZIP_MAGIC) and (more := stdin.read(len(ZIP_MAGIC) - len(head))):
+        head += more
+    if head != ZIP_MAGIC:
+        yield cast(BinaryIO, io.BufferedReader(_Rejoined(head, stdin)))
+        return
+    with tempfile.SpooledTemporaryFile(max_size=STDIN_SPOOL_MEMORY_BYTES) as spool:
+        size = spool.write(head)
+        while block := stdin.read(1024 * 1024):
+            size += spool.write(block)
+            if size > max_zip_bytes:
+                raise fail(f"the zip on standard input is over {max_zip_bytes} bytes; nothing was diagnosed")
+        spool.seek(0)
+        yield cast(BinaryIO, spool)
+
+
 def _progress_for(path: str) -> Progress | None:
     if path == "-" or not err.is_terminal or not Path(path).is_file():
         return None
@@ -101,7 +149,8 @@ def build_excerpt(path: str, pass_log: Path | None, budget: int) -> Excerpter:
         with pass_log.open("rb") as stream:
             passing = PassingIndex.build(read_log(stream))
     if path == "-":
-        return excerpt_stream(sys.stdin.buffer, budget, passing)
+        with stdin_log(sys.stdin.buffer) as stream:
+            return excerpt_stream(stream, budget, passing)
     file = Path(path)
     if not file.is_file():
         raise fail(f"no such log file: {path}")

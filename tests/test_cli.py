@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import io
 import json
+import os
+import subprocess
+import sys
+import zipfile
 from pathlib import Path
 
 import pytest
+import typer
 from typer.testing import CliRunner
 
-from bot.cli import app
+from bot.cli import app, stdin_log
 
 FIXTURES = Path(__file__).parent / "fixtures" / "logs"
 LOG = FIXTURES / "gha-gradle-test-failure.log"
@@ -105,3 +111,56 @@ def test_a_log_with_a_few_bad_bytes_is_still_diagnosed(tmp_path: Path) -> None:
     log.write_bytes(LOG.read_bytes().replace(b"FAILED", b"FAILED \xff", 1))
     result = runner.invoke(app, ["diagnose", str(log), "--offline"])
     assert result.exit_code == 0, result.output
+
+
+class _Pipe(io.RawIOBase):
+    """A stream that cannot seek, like a pipe, and counts what was taken from it."""
+
+    def __init__(self, data: bytes) -> None:
+        self._data, self.taken = io.BytesIO(data), 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
+        data = self._data.read(min(len(buffer), 3))  # a pipe hands over what it has, however little
+        buffer[: len(data)] = data
+        self.taken += len(data)
+        return len(data)
+
+
+def run_zip() -> bytes:
+    archive = io.BytesIO()
+    with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as bundle:
+        bundle.writestr("1_lint.txt", b"2024-01-01T00:00:00.0000000Z All checks passed!\n")
+        bundle.writestr("2_gradle.txt", LOG.read_bytes())
+    return archive.getvalue()
+
+
+def test_diagnose_reads_a_zip_piped_to_standard_input() -> None:
+    env = {name: value for name, value in os.environ.items() if "ANTHROPIC" not in name}
+    result = subprocess.run(
+        [sys.executable, "-m", "bot.cli", "diagnose", "-", "--offline", "--format", "json"],
+        input=run_zip(), capture_output=True, cwd=Path(__file__).parent.parent, env=env, timeout=60, check=False,
+    )
+    assert result.returncode == 0, result.stderr.decode()
+    blocks = json.loads(result.stdout)["excerpt"]["blocks"]
+    assert any(block["job"] == "gradle" and "testClassicParsing" in str(block["lines"]) for block in blocks)
+
+
+def test_a_plain_log_on_standard_input_streams_through_unspooled() -> None:
+    data = LOG.read_bytes()
+    pipe = _Pipe(data)
+    with stdin_log(pipe) as stream:  # type: ignore[arg-type]
+        assert pipe.taken < 16, "only the first bytes are looked at before the log is read"
+        assert not stream.seekable()
+        assert stream.read() == data
+
+
+def test_a_zip_on_standard_input_is_spooled_and_capped(capsys: pytest.CaptureFixture[str]) -> None:
+    archive = run_zip()
+    with stdin_log(_Pipe(archive)) as stream:  # type: ignore[arg-type]
+        assert stream.seekable() and stream.read() == archive
+    with pytest.raises(typer.Exit), stdin_log(_Pipe(archive), max_zip_bytes=len(archive) - 1):  # type: ignore[arg-type]
+        pass
+    assert "zip on standard input is over" in capsys.readouterr().err

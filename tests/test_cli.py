@@ -12,8 +12,10 @@ from pathlib import Path
 
 import pytest
 import typer
+from rich.console import Console
 from typer.testing import CliRunner
 
+from bot import cli
 from bot.cli import app, stdin_log
 
 FIXTURES = Path(__file__).parent / "fixtures" / "logs"
@@ -164,3 +166,24 @@ def test_a_zip_on_standard_input_is_spooled_and_capped(capsys: pytest.CaptureFix
     with pytest.raises(typer.Exit), stdin_log(_Pipe(archive), max_zip_bytes=len(archive) - 1):  # type: ignore[arg-type]
         pass
     assert "zip on standard input is over" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("log", "terminal", "shown"),
+    [
+        (LOG, True, True),  # 42 KB, over the lowered threshold
+        (FIXTURES / "gha-pytorch-keyboardinterrupt.log", True, False),  # 7 KB, under it
+        (LOG, False, False),  # stderr is not a terminal: no bar to clutter a log file
+    ],
+    ids=["big", "small", "not-a-terminal"],
+)
+def test_a_progress_bar_shows_on_stderr_for_big_inputs_only(
+    monkeypatch: pytest.MonkeyPatch, log: Path, terminal: bool, shown: bool
+) -> None:
+    monkeypatch.setattr(cli, "PROGRESS_MIN_BYTES", 10_000)
+    monkeypatch.setattr(cli, "err", Console(stderr=True, force_terminal=terminal, width=120))
+    result = runner.invoke(app, ["diagnose", str(log), "--offline"])
+    assert result.exit_code == 0, result.output
+    assert ("reading " + log.name in result.stderr) is shown
+    assert ("━" in result.stderr) is shown
+    assert "reading " not in result.stdout and "source: rules" in result.stdout

@@ -13,12 +13,13 @@ from typing import Protocol
 from bot.adapters.github import GitHubError, InstallationClient, Job, LogDownload, WorkflowRun
 from bot.adapters.store import Store
 from bot.core import templates
-from bot.core.excerpt import DEFAULT_BUDGET, Excerpter, PassingIndex
+from bot.core.excerpt import DEFAULT_BUDGET, PassingIndex
 from bot.core.logs import LogError, parse_lines
 from bot.core.models import Excerpt
 from bot.core.prompt import CommitInfo, SourceSnippet
 from bot.core.references import file_references
 from bot.core.render import issue_title, neutralize, one_line, plain_text
+from bot.core.scan import excerpt_stream
 from bot.diagnosers import OfflineDiagnoser
 from bot.executor import Done, Executor, KeyedLocks
 from bot.plan import (
@@ -233,11 +234,8 @@ class Services:
         try:
             if download.truncated:
                 notes.append(templates.LOG_TRUNCATED_NOTE.format(job=job.name, limit=download.size))
-            excerpter = Excerpter(self.options.excerpt_budget, passing)
             with download.path.open("rb") as stream:
-                for line in parse_lines(stream, job=job.name):
-                    excerpter.feed(line)
-            excerpt = excerpter.finish()
+                excerpt = excerpt_stream(stream, self.options.excerpt_budget, passing, job=job.name).finish()
         except LogError as exc:
             notes.append(templates.LOG_UNREADABLE_NOTE.format(job=job.name, reason=exc))
             return None

@@ -301,3 +301,10 @@ def test_dataset_logs_excerpt_the_same(dataset_dir: Path) -> None:
     with ProcessPoolExecutor(2) as pool:
         differing = [case for case in pool.map(_differs, [str(dataset_dir)] * len(rows), rows) if case]
     assert differing == []
+
+
+def test_a_plain_log_is_named_after_its_job_on_both_paths() -> None:
+    data = log(*filler(400), f"{TS}error: the linker failed", *filler(400, 400))
+    for small_bytes in (0, len(data) + 1):
+        excerpt = scan.excerpt_stream(io.BytesIO(data), 2048, job="build (ubuntu)", small_bytes=small_bytes).finish()
+        assert excerpt.blocks and {block.job for block in excerpt.blocks} == {"build (ubuntu)"}

@@ -243,6 +243,13 @@ def stored(database: Path) -> int:
         return int(connection.execute("SELECT count(*) FROM deliveries").fetchone()[0])
 
 
+def backlog(database: Path) -> int:
+    """Deliveries accepted but not yet finished by the worker: intake can outrun processing for a while."""
+    with sqlite3.connect(database) as connection:
+        query = "SELECT count(*) FROM deliveries WHERE status IN ('pending', 'running')"
+        return int(connection.execute(query).fetchone()[0])
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog=COMMAND, description=__doc__)
     parser.add_argument("--seconds", type=float, default=10.0, help="length of each load run")
@@ -259,15 +266,19 @@ def main(argv: list[str] | None = None) -> int:
     rows: dict[str, dict[str, Load]] = {}
     with tempfile.TemporaryDirectory(prefix="mendbot-bench-") as scratch:
         tmp = Path(scratch)
-        # Green runs never reach GitHub, so nothing needs to listen at the default API address.
-        env = mendbot_env(tmp)
+        # Green runs never reach GitHub, so nothing needs to listen at the default API address. Each setup
+        # has its own database, so one's backlog is not the next one's.
+        (tmp / "serve").mkdir()
+        (tmp / "split").mkdir()
         servers = (
-            (BARE, [sys.executable, "-c", _BARE_SERVER, "{port}"], dict(os.environ), None),
-            (SERVE, [sys.executable, "-m", "bot.cli", "serve", "--port", "{port}"], env, None),
-            (SPLIT, [sys.executable, "-m", "uvicorn", "app:app", "--port", "{port}"], env,
-             [sys.executable, "-m", "bot.cli", "worker"]),
+            (BARE, [sys.executable, "-c", _BARE_SERVER, "{port}"], dict(os.environ), None, None),
+            (SERVE, [sys.executable, "-m", "bot.cli", "serve", "--port", "{port}"], mendbot_env(tmp / "serve"),
+             None, tmp / "serve"),
+            (SPLIT, [sys.executable, "-m", "uvicorn", "app:app", "--port", "{port}"], mendbot_env(tmp / "split"),
+             [sys.executable, "-m", "bot.cli", "worker"], tmp / "split"),
         )
-        for name, command, env, worker in servers:
+        accepted = on_disk = 0
+        for name, command, env, worker, data in servers:
             port = free_port()
             argv = [part.format(port=port) for part in command]
             log = tmp / f"{name.split()[0]}.log"
@@ -282,14 +293,18 @@ def main(argv: list[str] | None = None) -> int:
                     replies = ", ".join(f"{code}: {count}" for code, count in sorted(result.statuses.items()))
                     if result.errors:
                         replies += f", errors: {result.errors}"
+                    if data is not None:
+                        replies += f"; left for the worker: {backlog(data / 'state.db')}"
                     print(
                         f"{name:<34}{load:<14}{result.rate:>8.0f}{result.percentile(0.5) * 1000:>9.1f}"
                         f"{result.percentile(0.99) * 1000:>9.1f}{max(result.latencies) * 1000:>9.1f}"
                         f"{result.server_cpu * 1000 / len(result.latencies):>11.2f}  {replies}",
                         flush=True,
                     )
-        accepted = sum(load.statuses.get(202, 0) for name in (SERVE, SPLIT) for load in rows[name].values())
-        print(f"202 replies from mendbot: {accepted}; deliveries on disk afterwards: {stored(tmp / 'state.db')}")
+            if data is not None:
+                accepted += sum(load.statuses.get(202, 0) for load in rows[name].values())
+                on_disk += stored(data / "state.db")
+        print(f"202 replies from mendbot: {accepted}; deliveries on disk afterwards: {on_disk}")
     open_loop = f"{args.rate:g}/s open"
     for name in (SERVE, SPLIT):
         ours, base = rows[name], rows[BARE]

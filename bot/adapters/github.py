@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from functools import cache, partial
 from itertools import islice
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypedDict, TypeVar, Unpack
 
 import anyio.to_thread
 import httpx
@@ -464,14 +464,28 @@ def _scrub(text: str, secrets: Iterable[str]) -> str:
 # ---- the App ----------------------------------------------------------------------------------------
 
 
-class GitHubApp:
-    """One GitHub App: mints and caches installation tokens and hands out per-installation clients."""
+class TransportOptions(TypedDict, total=False):
+    """How the App and a handed-over token talk to GitHub: clock, retries, write spacing, timeout, agent."""
+
+    clock: Callable[[], float]
+    sleep: Callable[[float], None]
+    retry: RetryPolicy | None
+    write_interval: float
+    writes_per_minute: int
+    writes_per_hour: int
+    on_api_call: Callable[[ApiCall], None] | None
+    timeout: int
+    user_agent: str
+
+
+class _Access:
+    """What the App and a handed-over token share: retries, write spacing, the HTTP client and the tokens."""
 
     def __init__(
         self,
-        app_id: str,
-        private_key: str,
-        base_url: str = DEFAULT_API_URL,
+        mint: Callable[[int], tuple[str, float]],
+        base_url: str,
+        *,
         clock: Callable[[], float] = time.time,
         sleep: Callable[[float], None] = time.sleep,
         retry: RetryPolicy | None = None,
@@ -482,7 +496,6 @@ class GitHubApp:
         timeout: int = 30,
         user_agent: str = "mendbot",
     ) -> None:
-        self.app_id = str(app_id)
         self.base_url = base_url.rstrip("/")
         self.clock = clock
         self.on_api_call = on_api_call
@@ -490,16 +503,30 @@ class GitHubApp:
         self.user_agent = user_agent
         self.resilience = _Resilience(retry or RetryPolicy(), clock, sleep)
         self.writes = WriteGate(write_interval, writes_per_minute, writes_per_hour, clock, sleep)
-        self.tokens = InstallationTokens(self._mint, clock)
+        self.tokens = InstallationTokens(mint, clock)
         self.http = httpx.Client(
             timeout=timeout, headers={"User-Agent": user_agent, **_API_VERSION_HEADERS}, verify=_tls_context()
         )
-        self._app_auth = _ClockedAppAuth(self.app_id, private_key, clock)
+
+
+class GitHubApp(_Access):
+    """One GitHub App: mints and caches installation tokens and hands out per-installation clients."""
+
+    def __init__(
+        self,
+        app_id: str,
+        private_key: str,
+        base_url: str = DEFAULT_API_URL,
+        **transport: Unpack[TransportOptions],
+    ) -> None:
+        self.app_id = str(app_id)
+        super().__init__(self._mint, base_url, **transport)
+        self._app_auth = _ClockedAppAuth(self.app_id, private_key, self.clock)
         self._integration = GithubIntegration(
             auth=self._app_auth,
             base_url=self.base_url,
-            timeout=timeout,
-            user_agent=user_agent,
+            timeout=self.timeout,
+            user_agent=self.user_agent,
             retry=None,
             seconds_between_requests=None,
             seconds_between_writes=None,
@@ -547,41 +574,20 @@ class GitHubApp:
             client.gh.close()
 
 
-class TokenAccess:
+class TokenAccess(_Access):
     """A token someone handed us (the Actions GITHUB_TOKEN, a PAT) behind the App's retries and write spacing.
 
     There is no key to mint a new token with: after a 401 the one retry sends the same token and fails the same
     way, so a bad token ends as a GitHubError with status 401 after two requests."""
 
     def __init__(
-        self,
-        token: str,
-        base_url: str = DEFAULT_API_URL,
-        clock: Callable[[], float] = time.time,
-        sleep: Callable[[float], None] = time.sleep,
-        retry: RetryPolicy | None = None,
-        write_interval: float = 1.0,
-        writes_per_minute: int = 60,
-        writes_per_hour: int = 400,
-        on_api_call: Callable[[ApiCall], None] | None = None,
-        timeout: int = 30,
-        user_agent: str = "mendbot",
+        self, token: str, base_url: str = DEFAULT_API_URL, **transport: Unpack[TransportOptions]
     ) -> None:
         if not token:
             raise ValueError("the GitHub token is empty")
-        self.base_url = base_url.rstrip("/")
-        self.clock = clock
-        self.on_api_call = on_api_call
-        self.timeout = timeout
-        self.user_agent = user_agent
-        self.resilience = _Resilience(retry or RetryPolicy(), clock, sleep)
-        self.writes = WriteGate(write_interval, writes_per_minute, writes_per_hour, clock, sleep)
-        self.tokens = InstallationTokens(lambda _installation: (token, float("inf")), clock)
+        super().__init__(lambda _installation: (token, float("inf")), base_url, **transport)
         # Cached from the start, so every error message is scrubbed of it even before the first call.
         self.tokens.get(TOKEN_INSTALLATION_ID)
-        self.http = httpx.Client(
-            timeout=timeout, headers={"User-Agent": user_agent, **_API_VERSION_HEADERS}, verify=_tls_context()
-        )
         self._client: InstallationClient | None = None
 
     def client(self, installation_id: int = TOKEN_INSTALLATION_ID) -> InstallationClient:

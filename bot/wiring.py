@@ -13,7 +13,7 @@ from prometheus_client import CollectorRegistry
 from bot.adapters.anthropic import ClaudeDiagnoser
 from bot.adapters.github import GitHubApp
 from bot.adapters.queue import DEFAULT_MAX_ATTEMPTS, Queue, make_huey, sqlite_queue_path
-from bot.adapters.store import DeliveryStatus, Store
+from bot.adapters.store import DeliveryRecord, DeliveryStatus, Store
 from bot.diagnosers import OfflineDiagnoser, RememberingDiagnoser
 from bot.events import event_from_stored
 from bot.handlers import issues, workflow_run
@@ -99,11 +99,8 @@ class Components:
     router: Router[Services]
     services: Services
 
-    def handle_delivery(self, delivery_id: str) -> DeliveryStatus | None:
-        """The queue's task: load the stored delivery and dispatch it; raising means retry later."""
-        record = self.store.get_delivery(delivery_id)
-        if record is None:
-            return DeliveryStatus.IGNORED
+    def handle_delivery(self, record: DeliveryRecord) -> DeliveryStatus | None:
+        """The queue's task: dispatch the stored delivery the queue took; raising means retry later."""
         event = event_from_stored(record.delivery_id, record.event, record.payload)
         with self.metrics.job(event.name) as labels:
             outcome = self.router.dispatch(event, self.services)

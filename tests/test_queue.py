@@ -16,7 +16,7 @@ from huey import RedisHuey, SqliteHuey
 
 from bot.adapters.github import GitHubApp, InstallationClient, RetryPolicy
 from bot.adapters.queue import Queue, QueueUnavailable, make_huey, requeue_unfinished, sqlite_queue_path
-from bot.adapters.store import DELIVERY_LEASE, DeliveryStatus, Store, migrate
+from bot.adapters.store import DELIVERY_LEASE, DeliveryRecord, DeliveryStatus, Store, migrate
 from tests.app_support import APP_ID, INSTALLATION, REPO, fake_github, rsa_keys
 
 if TYPE_CHECKING:
@@ -58,13 +58,15 @@ class Recorder:
 
     def __init__(self, failures: int = 0, outcome: DeliveryStatus | None = None) -> None:
         self.calls: list[str] = []
+        self.received: list[DeliveryRecord] = []
         self.failures = failures
         self.outcome = outcome
         self.lock = threading.Lock()
 
-    def __call__(self, delivery_id: str) -> DeliveryStatus | None:
+    def __call__(self, delivery: DeliveryRecord) -> DeliveryStatus | None:
         with self.lock:
-            self.calls.append(delivery_id)
+            self.calls.append(delivery.delivery_id)
+            self.received.append(delivery)
             if len(self.calls) <= self.failures:
                 raise ConnectionError(f"GitHub timed out (call {len(self.calls)})")
         return self.outcome
@@ -123,6 +125,10 @@ def test_a_delivery_is_handled_once_and_marked_done(backend: Backend, store: Sto
     assert handler.calls == ["d-1"]
     assert queue.depth() == 0
     assert store.get_delivery("d-1").attempts == 1  # type: ignore[union-attr]
+    # The handler gets the delivery as the queue took it, payload and all, without reading it again.
+    [given] = handler.received
+    assert (given.status, given.attempts, given.payload, given.repository) == (
+        DeliveryStatus.RUNNING, 1, "{}", "octo/app")
 
 
 def test_queued_work_survives_a_restart(backend: Backend, store: Store) -> None:
@@ -287,7 +293,7 @@ class RateLimitedOnce:
         self.run_id = run_id
         self.calls: list[float] = []
 
-    def __call__(self, delivery_id: str) -> DeliveryStatus | None:
+    def __call__(self, delivery: DeliveryRecord) -> DeliveryStatus | None:
         self.calls.append(time.time())
         self.client.get_run(REPO, self.run_id)
         return None
@@ -337,8 +343,8 @@ class Blocking:
         self.calls: list[str] = []
         self.release = threading.Event()
 
-    def __call__(self, delivery_id: str) -> DeliveryStatus | None:
-        self.calls.append(delivery_id)
+    def __call__(self, delivery: DeliveryRecord) -> DeliveryStatus | None:
+        self.calls.append(delivery.delivery_id)
         assert self.release.wait(10)
         return None
 

@@ -26,6 +26,7 @@ from bot.adapters.store import (
     DEFAULT_MAX_ATTEMPTS,
     DELIVERY_LEASE,
     FINISHED,
+    DeliveryRecord,
     DeliveryStatus,
     Store,
     StoreUnavailable,
@@ -42,9 +43,10 @@ HEARTBEAT_SECONDS = 5.0
 #: GitHub's primary rate limits reset every hour; a reset said to be further away is not believed.
 MAX_RATE_LIMIT_WAIT = timedelta(hours=2)
 
-#: Called with a delivery id; may return IGNORED to say the delivery needed no work. Raising means the
-#: attempt failed and should be retried, so the handler must be idempotent (see the side-effect ledger).
-Handler = Callable[[str], DeliveryStatus | None]
+#: Called with the delivery as `start_delivery` took it (so it need not be read again); may return IGNORED
+#: to say the delivery needed no work. Raising means the attempt failed and should be retried, so the
+#: handler must be idempotent (see the side-effect ledger).
+Handler = Callable[[DeliveryRecord], DeliveryStatus | None]
 
 
 class QueueUnavailable(RuntimeError):
@@ -172,12 +174,13 @@ class Queue:
         self._task = register(process_delivery)
 
     def _process(self, handler: Handler, delivery_id: str) -> None:
-        if self.store.start_delivery(delivery_id, now=self.clock(), lease=self.lease) is None:
+        started = self.store.start_delivery(delivery_id, now=self.clock(), lease=self.lease)
+        if started is None:
             self._not_started(delivery_id)
             return
         try:
             with self._renewing_lease(delivery_id):
-                outcome = handler(delivery_id)
+                outcome = handler(started)
         except RateLimited as limited:
             now = self.clock()
             resume = min(datetime.fromtimestamp(limited.reset_at, UTC), now + MAX_RATE_LIMIT_WAIT)

@@ -29,6 +29,7 @@ COMMAND = "python -m bench.intake"
 BARE = "bare FastAPI 202 (baseline)"
 SERVE = "mendbot serve"
 SPLIT = "uvicorn app:app + mendbot worker"
+SETUPS = {"bare": BARE, "serve": SERVE, "split": SPLIT}
 #: Distinct signed bodies the load cycles through; every request still carries a fresh delivery id.
 BODIES = 256
 
@@ -255,7 +256,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=10.0, help="length of each load run")
     parser.add_argument("--rate", type=float, default=300.0, help="offered deliveries per second (open loop)")
     parser.add_argument("--clients", type=int, default=8, help="concurrent connections")
+    parser.add_argument("--only", choices=sorted(SETUPS), action="append",
+                        help="run only this setup (repeatable); the default runs all three")
+    parser.add_argument("--loads", choices=("open", "closed"), action="append",
+                        help="run only this kind of load (repeatable); the default runs both")
     args = parser.parse_args(argv)
+    chosen = {SETUPS[key] for key in args.only or SETUPS}
+    loads = args.loads or ["open", "closed"]
     payloads = bodies(BODIES)
     print(f"$ {COMMAND} --seconds {args.seconds:g} --rate {args.rate:g} --clients {args.clients}")
     print(
@@ -279,13 +286,16 @@ def main(argv: list[str] | None = None) -> int:
         )
         accepted = on_disk = 0
         for name, command, env, worker, data in servers:
+            if name not in chosen:
+                continue
             port = free_port()
             argv = [part.format(port=port) for part in command]
             log = tmp / f"{name.split()[0]}.log"
             with worker_process(worker, env, log.with_suffix(".worker.log")), \
                     running(argv, env, port, log) as (url, pid):
                 rows[name] = {}
-                for load, rate in ((f"{args.rate:g}/s open", args.rate), ("closed", None)):
+                runs = {"open": (f"{args.rate:g}/s open", args.rate), "closed": ("closed", None)}
+                for load, rate in (runs[kind] for kind in loads):
                     before = cpu_seconds(pid)
                     result = asyncio.run(drive(url, payloads, clients=args.clients, seconds=args.seconds, rate=rate))
                     result.server_cpu = cpu_seconds(pid) - before
@@ -307,6 +317,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"202 replies from mendbot: {accepted}; deliveries on disk afterwards: {on_disk}")
     open_loop = f"{args.rate:g}/s open"
     for name in (SERVE, SPLIT):
+        if name not in rows or BARE not in rows or len(loads) < 2:
+            continue
         ours, base = rows[name], rows[BARE]
         print(
             f"{name}: closed-loop rate {ours['closed'].rate / base['closed'].rate:.2f}x the bare endpoint's; "

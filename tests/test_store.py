@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import sqlite3
 import threading
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -171,6 +173,31 @@ def test_two_workers_racing_to_start_a_delivery_start_it_once(store_url: str, st
     for other in stores:
         other.close()
     assert sorted(started) == [False, False, False, True]
+
+
+def test_a_delivery_write_waits_for_another_process_holding_the_sqlite_write_lock(tmp_path: Path) -> None:
+    # The per-delivery statements run without BEGIN IMMEDIATE; a lone write must still wait its turn (busy
+    # timeout), not fail with "database is locked", while another process (here another connection) writes.
+    url = f"sqlite:///{tmp_path / 'state.db'}"
+    migrate(url)
+    store = Store(url)
+    save(store, "d-1")
+    other = sqlite3.connect(tmp_path / "state.db", isolation_level=None, check_same_thread=False)
+    other.execute("BEGIN IMMEDIATE")
+    other.execute("UPDATE deliveries SET last_error = 'held' WHERE delivery_id = 'd-1'")
+    release = threading.Timer(0.5, lambda: other.execute("COMMIT"))
+    release.start()
+    try:
+        started = time.monotonic()
+        assert save(store, "d-2") is True
+        running = store.start_delivery("d-1", now=NOW)
+        waited = time.monotonic() - started
+    finally:
+        release.join()
+        other.close()
+        store.close()
+    assert waited >= 0.4
+    assert running is not None and running.last_error == "held"  # it ran after the other commit
 
 
 def test_a_postponed_delivery_is_pending_again_without_spending_an_attempt(store: Store) -> None:

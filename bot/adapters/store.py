@@ -260,8 +260,17 @@ def _affected(session: Session, statement: Any, column: Any) -> int:
 _DELIVERIES = Base.metadata.tables[Delivery.__tablename__]
 
 
+#: The columns of a DeliveryRecord in the order of its fields, so a row builds one by position: going
+#: through `Row._asdict` cost as much CPU as the rest of `start_delivery`.
+_RECORD_FIELDS = tuple(field.name for field in dataclasses.fields(DeliveryRecord))
+_RECORD_COLUMNS = tuple(_DELIVERIES.c[name] for name in _RECORD_FIELDS)
+_STATUS_AT = _RECORD_FIELDS.index("status")
+
+
 def _delivery_record(row: Row[Any]) -> DeliveryRecord:
-    return DeliveryRecord(**{**row._asdict(), "status": DeliveryStatus(row.status)})
+    values = list(row)
+    values[_STATUS_AT] = DeliveryStatus(values[_STATUS_AT])
+    return DeliveryRecord(*values)
 
 
 def _mark_delivery_statement(status: DeliveryStatus) -> Any:
@@ -274,7 +283,7 @@ def _mark_delivery_statement(status: DeliveryStatus) -> Any:
         values["last_error"] = None
     if status is DeliveryStatus.RUNNING:
         values["attempts"] = columns.attempts + 1
-    return update(_DELIVERIES).where(columns.delivery_id == bindparam("id")).values(values).returning(*columns)
+    return update(_DELIVERIES).where(columns.delivery_id == bindparam("id")).values(values).returning(*_RECORD_COLUMNS)
 
 
 def _start_delivery_statement() -> Any:
@@ -282,10 +291,11 @@ def _start_delivery_statement() -> Any:
     columns = _DELIVERIES.c
     held = (columns.status == DeliveryStatus.RUNNING.value) & (
         columns.updated_at > bindparam("held_after", type_=columns.updated_at.type))
-    finished = columns.status.in_([status.value for status in FINISHED])
-    return update(_DELIVERIES).where(columns.delivery_id == bindparam("id"), ~finished, ~held).values(
+    # One comparison per finished status rather than IN (...), which SQLAlchemy expands on every execution.
+    unfinished = [columns.status != status.value for status in FINISHED]
+    return update(_DELIVERIES).where(columns.delivery_id == bindparam("id"), *unfinished, ~held).values(
         status=DeliveryStatus.RUNNING.value, attempts=columns.attempts + 1,
-        updated_at=bindparam("now", type_=columns.updated_at.type)).returning(*columns)
+        updated_at=bindparam("now", type_=columns.updated_at.type)).returning(*_RECORD_COLUMNS)
 
 
 def migrations_config() -> Config:
@@ -316,7 +326,8 @@ def _switch_to_wal(cursor: Any) -> None:
 def _configure_sqlite(engine: Engine) -> None:
     @event.listens_for(engine, "connect")
     def on_connect(dbapi_connection: Any, _record: Any) -> None:
-        # Leave transaction control to SQLAlchemy so `begin` below can take the write lock up front.
+        # The driver opens no transactions of its own: a lone statement commits by itself and the store
+        # opens every longer transaction with BEGIN IMMEDIATE (`Store._session`).
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
         cursor.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_SECONDS * 1000}")
@@ -324,12 +335,6 @@ def _configure_sqlite(engine: Engine) -> None:
             _switch_to_wal(cursor)
         cursor.execute("PRAGMA synchronous = NORMAL")
         cursor.close()
-
-    @event.listens_for(engine, "begin")
-    def on_begin(connection: Any) -> None:
-        # A deferred transaction that reads, then writes, fails at once with SQLITE_BUSY when another
-        # process wrote in between; taking the lock at BEGIN makes it wait for the busy timeout instead.
-        connection.exec_driver_sql("BEGIN IMMEDIATE")
 
 
 class Store:
@@ -370,7 +375,7 @@ class Store:
         self._save_delivery = self._insert()(_DELIVERIES).values(
             {name: bindparam(name, type_=columns[name].type) for name in _SAVED_DELIVERY_COLUMNS}
         ).on_conflict_do_nothing(index_elements=["delivery_id"]).returning(columns.delivery_id)
-        self._get_delivery = select(*columns).where(columns.delivery_id == bindparam("id"))
+        self._get_delivery = select(*_RECORD_COLUMNS).where(columns.delivery_id == bindparam("id"))
         self._start_delivery = _start_delivery_statement()
         self._mark_delivery = {status: _mark_delivery_statement(status) for status in DeliveryStatus}
 
@@ -381,12 +386,23 @@ class Store:
     def _session(self) -> Iterator[Session]:
         with self._unavailable_on_failure(), Session(self.engine, expire_on_commit=False) as session, \
                 session.begin():
+            if self.dialect == "sqlite":
+                # A deferred transaction that reads, then writes, fails at once with SQLITE_BUSY when another
+                # process wrote in between; taking the lock at BEGIN makes it wait for the busy timeout instead.
+                session.connection().exec_driver_sql("BEGIN IMMEDIATE")
             yield session
 
     def _first_row(self, statement: Any, parameters: Mapping[str, Any]) -> Row[Any] | None:
-        """Run one prebuilt statement in its own transaction on a bare connection, cheaper than a Session."""
-        with self._one_writer, self._unavailable_on_failure(), self.engine.begin() as connection:
-            return connection.execute(statement, parameters).first()
+        """Run one prebuilt statement in its own transaction on a bare connection, cheaper than a Session.
+
+        On SQLite the statement runs alone, which makes it a transaction by itself: it waits for the write
+        lock through the busy timeout like BEGIN IMMEDIATE would, without the cost of a second statement.
+        No engine-wide `begin` hook does that work either: any engine event makes every execution dearer.
+        """
+        with self._one_writer, self._unavailable_on_failure(), self.engine.connect() as connection:
+            row = connection.execute(statement, parameters).first()
+            connection.commit()
+        return row
 
     @contextmanager
     def _unavailable_on_failure(self) -> Iterator[None]:
@@ -466,7 +482,7 @@ class Store:
             status=DeliveryStatus.PENDING.value, attempts=case((Delivery.attempts > 0, Delivery.attempts - 1), else_=0),
             last_error=reason, updated_at=now)
         with self._session() as session:
-            row = session.execute(statement.returning(*_DELIVERIES.c)).first()
+            row = session.execute(statement.returning(*_RECORD_COLUMNS)).first()
         if row is None:
             raise KeyError(f"no delivery {delivery_id!r}")
         return _delivery_record(row)

@@ -346,3 +346,100 @@ def test_a_line_printed_in_red_outranks_a_plain_one_with_the_same_words() -> Non
     )
     kept = numbers(excerpt_lines(lines_from_text(log), 80))
     assert 1 in kept and 202 not in kept
+
+
+def test_errors_inside_a_travis_command_that_exited_0_are_not_the_cause() -> None:
+    log = "\n".join(
+        [
+            "$ make",
+            "fail: [string \"bundle:libs/codec.lua\"]:123: No such hash: 31b8c996c762b151bedbd7f0e5ad12c2ababf3cd",
+            "stack traceback:",
+            "\t[C]: in function 'assert'",
+            "make: *** [lit] Error 255",
+            'The command "make" exited with 2.',
+            "$ make test || RESULT=$?",
+            *[f"# Starting Test: fs-{n}" for n in range(200)],
+            "  'FAILED: utime foobarbaz ENOENT: no such file or directory'",
+            "  'FAILED: futime -1 EBADF: bad file descriptor EBADF'",
+            "make: *** [test] Error 1",
+            'The command "make test || RESULT=$?" exited with 0.',
+            "Done. Your build exited with 1.",
+        ]
+    )
+    # `make test` failed inside, but its command passed: the build failed where `make` did.
+    kept = numbers(excerpt_lines(lines_from_text(log), 200))
+    assert {2, 3} <= kept
+    assert not {208, 209} & kept
+
+
+def test_one_blank_line_does_not_end_a_failure_report() -> None:
+    def report(test: str) -> list[str]:
+        return [
+            "======================================================================",
+            f"FAIL: tests.demo_tests.{test}",
+            "----------------------------------------------------------------------",
+            "Traceback (most recent call last):",
+            f'  File "/src/tests/demo_tests.py", line 38, in {test}',
+            "    assert p.returncode == 0",
+            "AssertionError:",
+            "-------------------- >> begin captured stdout << ---------------------",
+            "",
+            "Traceback (most recent call last):",
+            '  File "/src/demos/compare.py", line 26, in <module>',
+            "    import cv2",
+            "ImportError: No module named 'cv2'",
+            "",
+            "",
+            "--------------------- >> end captured stdout << ----------------------",
+        ]
+
+    log = [*[f"test_{n} ... ok" for n in range(50)], *report("test_compare"), *report("test_classify")]
+    kept = numbers(excerpt_lines(lines_from_text("\n".join(log)), 1200))
+    # The second report's captured traceback repeats the first's header line; it is still shown in place.
+    assert {76, 77, 78} <= kept
+
+
+def test_two_blank_lines_end_a_report_so_a_progress_bar_cannot_swallow_the_next() -> None:
+    log = [
+        *[f"  [{'▬' * n}{'․' * (40 - n)}] 1 failing" for n in range(1, 40)],
+        "",
+        "",
+        "  66066 passing (11m)",
+        "  1 failing",
+        "",
+        "  1) conformance tests",
+        "     Error: The baseline file jsDeclarationsTypeReassignment.js has changed.",
+        "      at writeComparison (src/harness/harness.ts:1724:23)",
+    ]
+    kept = numbers(excerpt_lines(lines_from_text("\n".join(log)), 300))
+    assert {46, 47} <= kept
+
+
+def test_a_build_that_says_why_it_failed_keeps_the_reason_printed_above() -> None:
+    log = "\n".join(
+        [
+            *[f"[ {n} of 147] Compiling Text.Pandoc.M{n} ( src/M{n}.hs, dist/build/M{n}.o )" for n in range(16)],
+            "",
+            "src/Text/Pandoc/Ipynb.hs:94:10: Warning:",
+            "    No explicit implementation for",
+            "      ‘mappend’",
+            "    In the instance declaration for ‘Monoid (Notebook a)’",
+            "",
+            "<no location info>:",
+            "Failing due to -Werror.",
+            *[f"[ {n} of 147] Compiling Text.Pandoc.M{n} ( src/M{n}.hs, dist/build/M{n}.o )" for n in range(17, 40)],
+        ]
+    )
+    kept = numbers(excerpt_lines(lines_from_text(log), 400))
+    assert set(range(18, 22)) | {24} <= kept
+
+
+def test_stack_frames_are_shown_shorter_than_the_line_they_explain() -> None:
+    anchor = "Error: could not create connection to elpa.gnu.org:443 " + "x" * 200
+    calls = ["url-http", "url-https", "url-retrieve", "url-insert", "package-refresh", "require-package"] * 5
+    frames = [f'  {call}-{chr(97 + n)}("https://elpa.gnu.org/archive") ' + "y" * 200 for n, call in enumerate(calls)]
+    excerpt = excerpt_lines(lines_from_text("\n".join([anchor, *frames])), 4096)
+    shown = {line.number: line.text for line in excerpt.lines}
+    assert shown[1] == anchor
+    assert len(shown) == 31
+    assert all(len(shown[n].encode()) <= 120 and shown[n].endswith("…") for n in range(2, 32))

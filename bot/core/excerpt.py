@@ -18,7 +18,11 @@ DEFAULT_BUDGET = 4096
 LINE_CAP = 300
 # A line is kept at most this long between reading and packing: a job may hold thousands of 16 KB lines.
 KEPT_LINE_BYTES = 2 * LINE_CAP
+# An indented line under the anchor (a stack frame, a detail) is shown shorter, so more of them fit.
+CONTEXT_LINE_CAP = 120
 CONTEXT_BEFORE = 3
+# A build that names its reason (`Failing due to -Werror.`) printed the details of that reason above it.
+DECISIVE_CONTEXT = 8
 # A pass through the exit marker keeps this many lines of the failing command's output.
 EXIT_WINDOW = 40
 MAX_REGION_LINES = 120
@@ -99,6 +103,8 @@ _EXIT_MARKERS = re.compile(
     r"|\s*Command failed with exit code"
     r"|\s*Got exit code|##\[error\]Process completed with exit code)"
 )
+# Travis's verdict on one command of the script: what ran since the one before it belongs to that command.
+_COMMAND_PASSED = re.compile(r'The command ".*" exited with 0\.$')
 _EXIT_PHRASES = ("marked build as failure", "returned non-zero exit status")
 # fmt: on
 # The Actions runner's own step verdict: a step that ends so, and is not the last to, had continue-on-error.
@@ -107,6 +113,8 @@ _RUNNER_EXIT = ("Process completed with exit code", "Error: Process completed wi
 _JOB_VERDICTS = ("Done. Your build exited with", "Finished: FAILURE", "ERROR: Job failed")
 # The last lines a failing command printed before its exit marker come first in the excerpt.
 EXIT_FOCUS_LINES = 6
+# Failing exits remembered, in case the commands holding the newest ones turn out to have passed.
+EXITS_KEPT = 4
 _CONTINUATION = re.compile(
     r"^\s+\S|^\s*at |^\s*File \"|^\s*#\d+ |^\s*\.\.\.|^\s*Caused by|^\s*[-+] |^\s*[|>^~]|^\s*\d+ *[|:]"
     r"|^(?:Expected|Actual|Received|expected|actual|received|left|right)\b|^\s*(?:in|from) "
@@ -161,7 +169,7 @@ def line_score(text: str) -> float:
         score = 2.0
     if (score and _STRUCTURAL.match(probe)) or (score == 2.0 and _FAILURE_COUNT.search(lower)):
         score = 4.0
-    decisive = "due to" in lower and any(phrase in lower for phrase in _DECISIVE_PHRASES)
+    decisive = _is_decisive(lower)
     if decisive:
         score = 4.0
     elif score and (words & _DECOY_WORDS or any(phrase in lower for phrase in _DECOY_PHRASES)):
@@ -180,6 +188,10 @@ def line_score(text: str) -> float:
         elif name in _LOUD_LEVELS:
             score = max(score, 4.0)
     return score
+
+
+def _is_decisive(lower: str) -> bool:
+    return "due to" in lower and any(phrase in lower for phrase in _DECISIVE_PHRASES)
 
 
 def is_noise(text: str) -> bool:
@@ -232,6 +244,7 @@ class _Region:
     verdict: bool = False
     open_until: int = 0
     indent: int = 0
+    command: int = 0
     final_score: float = field(default=0.0)
 
 
@@ -250,7 +263,8 @@ class Excerpter:
         self._tests: dict[str, _Region] = {}
         self._total = 0
         self._teardown = False
-        self._last_exit: _Region | None = None
+        # The newest few failing exits, each with the history before it; the last one is the failure's end.
+        self._exits: list[tuple[_Region, Iterable[LogLine]]] = []
         self._segment_regions = 0
         self._job_order: dict[str, int] = {}
         self._in_key_block = False
@@ -259,7 +273,10 @@ class Excerpter:
         self._history: deque[LogLine] = deque(maxlen=FILL_LINES)
         self._characters = 0
         self._undecodable = 0
-        self._before_last_exit: Iterable[LogLine] = ()
+        self._command = 0
+        self._shown = 0
+        self._blank = 0
+        self._passed_commands: set[int] = set()
 
     @property
     def wants_every_line(self) -> bool:
@@ -298,7 +315,13 @@ class Excerpter:
         elif line.marker == "group" and text.startswith("Run "):
             self._teardown = False
         if not text.strip():
+            # A region stays open a few shown lines past its last error line. One blank line is a paragraph
+            # break inside a report (pytest's captured output, a test's stack trace); two end the report.
+            self._shown += self._blank
+            self._blank = 1
             return
+        self._blank = 0
+        self._shown += 1
         # Decisions read the whole line; what is kept for the excerpt is cut, so memory stays small.
         kept = _kept(line)
         self._history.append(kept)
@@ -308,10 +331,19 @@ class Excerpter:
         lower = text.lower()
         if "pass" in lower or "fail" in lower or " ok" in lower or "rerun" in lower:
             self._track_test_result(text)
-        if ("exit" in lower or "fail" in lower or "error" in lower) and is_exit_marker(line):
+        if "exited with 0" in text and _COMMAND_PASSED.match(text):
+            self._close_open()
+            self._passed_commands.add(self._command)
+            # A failure inside it was tolerated (`make test || RESULT=$?`): the build failed where it did before.
+            while self._exits and self._exits[-1][0].command == self._command:
+                self._exits.pop()
+            self._command += 1
+        elif ("exit" in lower or "fail" in lower or "error" in lower) and is_exit_marker(line):
             self._close_open()
             self._add_exit_window(kept)
             self._recent.append(kept)
+            if text.startswith("The command "):
+                self._command += 1
             return
         score = line_score(text)
         if self.passing is not None and score and text in self.passing:
@@ -331,7 +363,7 @@ class Excerpter:
         region = self._open
         if (
             region is not None
-            and (line.number <= region.open_until or _continues(text, score, region.indent))
+            and (self._shown <= region.open_until or _continues(text, score, region.indent))
             and len(region.lines) < MAX_REGION_LINES
         ):
             region.lines.append(kept)
@@ -342,7 +374,7 @@ class Excerpter:
                     # Only a new kind of error line adds weight; a repeated one would inflate noise.
                     region.seen.add(loose)
                     region.weight += score / (1 + len(region.lines) / 8)
-                region.open_until = line.number + 2
+                region.open_until = self._shown + 2
             self._recent.append(kept)
             return
         self._close_open()
@@ -373,7 +405,8 @@ class Excerpter:
             # The same failure again: count it, keep the first copy's lines.
             twin.repeats += 1
             return
-        before = [old for old in self._recent_lines(CONTEXT_BEFORE) if old.job == line.job]
+        reach = DECISIVE_CONTEXT if _is_decisive(line.text.lower()) else CONTEXT_BEFORE
+        before = [old for old in self._recent_lines(reach) if old.job == line.job]
         region = _Region(
             lines=[*before, line],
             anchor=line.number,
@@ -382,8 +415,9 @@ class Excerpter:
             job=line.job,
             step=line.step,
             signature=key,
-            open_until=line.number + 2,
+            open_until=self._shown + 2,
             indent=_indent(line.text),
+            command=self._command,
             rank_in_segment=self._segment_regions,
             verdict=score >= VERDICT_SCORE,
         )
@@ -418,11 +452,12 @@ class Excerpter:
             step=marker.step,
             signature=f"exit:{marker.number}",
             focus_end=True,
+            command=self._command,
         )
         self._keep(region)
         if not verdict:
-            self._last_exit = region
-            self._before_last_exit = self._history_lines()  # filtered once, in finish
+            # The history is filtered once, in finish.
+            self._exits = [*self._exits[-(EXITS_KEPT - 1) :], (region, self._history_lines())]
 
     def _keep(self, region: _Region) -> None:
         self._regions.append(region)
@@ -457,7 +492,7 @@ class Excerpter:
         for region in self._regions:
             position = positions[id(region)]
             score = region.weight * (0.35 + 0.65 * position**2)
-            if (region.job, region.step) in tolerated:
+            if (region.job, region.step) in tolerated or region.command in self._passed_commands:
                 score *= 0.4
             if region.rank_in_segment:
                 score *= 0.85
@@ -468,8 +503,8 @@ class Excerpter:
                 score *= 0.2
             score *= 1 + 0.1 * math.log1p(region.repeats - 1)
             region.final_score = score
-        if self._last_exit is not None:
-            last = self._last_exit
+        if self._exits:
+            last, before_last = self._exits[-1]
             focus = _Region(
                 lines=last.lines[-EXIT_FOCUS_LINES:],
                 anchor=last.anchor,
@@ -482,7 +517,7 @@ class Excerpter:
                 final_score=float("inf"),
             )
             self._regions.append(focus)
-        fill = self._before_last_exit if self._last_exit is not None else self._history_lines()
+        fill = before_last if self._exits else self._history_lines()
         fill = [line for line in fill if not is_noise(line.text)]
         if self.passing is not None:
             fill = [line for line in fill if line.text not in self.passing]
@@ -588,7 +623,8 @@ def _pack(regions: list[_Region], budget: int, total: int, job_order: dict[str, 
                 storm_shown[storm[line.number]] = storm_shown.get(storm[line.number], 0) + 1
             # Redact before measuring, so the budget holds for the text that actually leaves.
             clean = redact_text(line.text)
-            text = _shorten(clean, LINE_CAP)
+            frame = line.number != region.anchor and line.text[:1].isspace()
+            text = _shorten(clean, CONTEXT_LINE_CAP if frame else LINE_CAP)
             cost = _cost(text)
             if used + cost > budget:
                 room = budget - used - 1

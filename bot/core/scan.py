@@ -257,7 +257,10 @@ class SparseExcerpter(Excerpter):
     def _history_lines(self) -> Iterable[LogLine]:
         if not self._feeding:
             return self._newest(FILL_LINES)
-        # At an exit marker: only the last one's history is ever read, so note where it ends for now.
+        # At an exit marker: note where its history ends for now, and read the previous one's before pruning
+        # can reach it (an earlier exit's history is read if the command after it turns out to have passed).
+        if self._pending is not None:
+            self._pending.resolve()
         self._pending = _LazyHistory(self, self._dropped + len(self._timeline), self._history[-1])
         return self._pending
 

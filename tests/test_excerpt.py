@@ -443,3 +443,17 @@ def test_stack_frames_are_shown_shorter_than_the_line_they_explain() -> None:
     assert shown[1] == anchor
     assert len(shown) == 31
     assert all(len(shown[n].encode()) <= 120 and shown[n].endswith("…") for n in range(2, 32))
+
+
+def test_the_exit_line_that_names_the_failing_command_is_shown() -> None:
+    log = "\n".join(
+        [
+            *[f"$ step {n}" for n in range(100)],
+            "[ERROR] class file has wrong version 55.0, should be 52.0",
+            *[f"[INFO] cleanup {n}" for n in range(10)],
+            "Build step 'Execute shell' marked build as failure",
+            "Finished: FAILURE",
+        ]
+    )
+    excerpt = excerpt_lines(lines_from_text(log), 400)
+    assert {101, 112, 113} <= numbers(excerpt)

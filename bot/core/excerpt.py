@@ -443,8 +443,9 @@ class Excerpter:
         self._segment_regions = 0
         if not window:
             return
+        # The marker itself names the command that failed (`The command "make" exited with 2.`).
         region = _Region(
-            lines=window,
+            lines=[*window, marker],
             anchor=marker.number,
             weight=1.0 if verdict else 2.5,
             kind="exit",
@@ -506,7 +507,7 @@ class Excerpter:
         if self._exits:
             last, before_last = self._exits[-1]
             focus = _Region(
-                lines=last.lines[-EXIT_FOCUS_LINES:],
+                lines=last.lines[-EXIT_FOCUS_LINES - 1 :],
                 anchor=last.anchor,
                 weight=last.weight,
                 kind="exit-focus",

@@ -272,7 +272,43 @@ def test_candidate_lines_finds_each_line_once() -> None:
     buffer = b"ok\nan error and a failure\nnothing\n\nfatal\nerror"
     assert scan.candidate_lines(buffer) == {1: scan.SCORED, 4: scan.SCORED, 5: scan.SCORED}
     verdicts = b"x\ntest_a PASSED\nok 3 parses\nRun make\n##[group]Run make\n--- PASS: TestX and an error"
-    assert scan.candidate_lines(verdicts) == {1: scan.VERDICT, 2: scan.VERDICT, 4: scan.PLAIN, 5: scan.SCORED}
+    assert scan.candidate_lines(verdicts) == {
+        1: scan.VERDICT, 2: scan.VERDICT, 4: scan.PLAIN, 5: scan.SCORED | scan.VERDICT
+    }
+    runs = b"sha 0123456789abcdef0123\nshort abc\n--- PASS: TestAbcdefghijklmnopqrst \t\nab\x1b[0mcdefghijklmnopqrstu\r"
+    assert scan.candidate_lines(runs) == {
+        0: scan.BASE64_END, 2: scan.VERDICT | scan.BASE64_END, 3: scan.SCORED | scan.BASE64_END
+    }
+    assert scan.candidate_lines(b"x\n" + b"A" * 24 + b"\rprogress\n") == {1: scan.BASE64_END}
+
+
+def _wrapped_key_after(head: str) -> tuple[str, list[str]]:
+    """A PEM key in base64 whose stream starts inside `head`'s run: its first line with `head`, and the rest
+    wrapped at 64 columns. Only the run read on from `head` decodes to the key; its lines alone do not."""
+    pem = _pem().encode()
+    for pad in range(64):
+        stream = base64.b64encode(bytes([65 + pad % 26]) * (pad + 30) + pem).decode()
+        # The head's run must be cut off mid-group, or the next line would decode alone as well.
+        cut = 26 + next(n for n in range(4) if (26 + n) % 4 == 2)
+        first, rest = stream[:cut], stream[cut:]
+        if not any(literal in (head + first).lower() for literal in scan.scored_literals()):
+            return head + first, [rest[i : i + 64] for i in range(0, len(rest), 64)]
+    raise AssertionError("no key avoided the scored words")
+
+
+def test_a_key_read_on_from_a_skipped_verdict_is_redacted() -> None:
+    verdict, wrapped = _wrapped_key_after("--- PASS: Test")
+    body = [
+        *filler(30),
+        f"{TS}{verdict}",
+        *[f"{TS}{line}" for line in wrapped],
+        f"{TS}ERROR: deploy failed: permission denied (publickey)",
+        *filler(5, 30),
+        f"{TS}##[error]Process completed with exit code 1.",
+    ]
+    excerpt = assert_same(log(*body), 16384)
+    text = "\n".join(line.text for line in excerpt.lines)
+    assert wrapped[1] not in text and "[REDACTED" in text
 
 
 def _differs(dataset: str, row: dict[str, str]) -> str | None:

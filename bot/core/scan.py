@@ -60,9 +60,10 @@ def _literal(text: str) -> bytes:
     )
 
 
-# What a line's patterns say it needs, strongest first: scoring; a test-verdict check (which matters only
-# while a failed test awaits its rerun); or only the bookkeeping of steps, teardown and keys (`plain`).
-SCORED, VERDICT, PLAIN = 0, 1, 2
+# What a line's patterns say it needs, one bit each: scoring; a test-verdict check (which matters only
+# while a failed test awaits its rerun); the bookkeeping of steps, teardown and PEM keys (`plain`); or a
+# look at the base64 run that ends it (Base64KeyBlock). A line with none of them resets Base64KeyBlock.
+SCORED, VERDICT, PLAIN, BASE64_END = 1, 2, 4, 8
 
 
 def scored_literals() -> list[str]:
@@ -103,7 +104,7 @@ def candidate_patterns() -> list[tuple[bytes, int, int]]:
         (rules._TEARDOWN_LINE.pattern.removeprefix("^").encode(), caseless, PLAIN),
         # Key material: a PEM block, or a base64 run that ends the line or a CR segment (Base64KeyBlock).
         (_literal("PRIVATE KEY"), 0, PLAIN),
-        (rb"[A-Za-z0-9+/=]{%d}[ \t\x0b\x0c\x80-\xff]*(?:\r|$)" % MIN_BASE64_RUN, multiline, PLAIN),
+        (rb"[A-Za-z0-9+/=]{%d}[ \t\x0b\x0c\x80-\xff]*(?:\r|$)" % MIN_BASE64_RUN, multiline, BASE64_END),
         # `gh run view --log` prefixes set the job and step (logs.GH_RUN_VIEW_RE).
         (rb"^[^\t\n]*\t[^\t\n]*\t(?:\xef\xbb\xbf)?\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d", multiline, PLAIN),
     ]
@@ -122,7 +123,7 @@ def _database() -> Any:
         return None
     patterns = candidate_patterns()
     database = hyperscan.Database(mode=hyperscan.HS_MODE_BLOCK)
-    # A pattern's id is its kind: a line needs what its strongest match says.
+    # A pattern's id is its kind: a line needs what all its matches say.
     database.compile(
         expressions=[pattern for pattern, _, _ in patterns],
         ids=[kind for _, _, kind in patterns],
@@ -138,24 +139,25 @@ def available() -> bool:
 
 
 def candidate_lines(buffer: bytes) -> dict[int, int]:
-    """The lines of `buffer` (split on newlines) that hold a candidate pattern, by index, with their kind."""
+    """The lines of `buffer` (split on newlines) that hold a candidate pattern, by index, with their kinds'
+    bits."""
     hits: list[int] = []
     with _SCAN_LOCK:  # a compiled database has one scratch space, so one scan at a time
         # One int per match, end offset and kind together, sorts fastest.
-        _database().scan(buffer, match_event_handler=lambda kind, _from, end, _flags, _c: hits.append(end << 2 | kind))
+        _database().scan(buffer, match_event_handler=lambda kind, _from, end, _flags, _c: hits.append(end << 4 | kind))
     hits.sort()
     found: dict[int, int] = {}
     index, position, next_start = -1, 0, -1
     for hit in hits:
-        end, kind = hit >> 2, hit & 3
+        end, kind = hit >> 4, hit & 15
         last = max(end - 1, 0)
         if last >= next_start:
             index += buffer.count(b"\n", position, last) + (index < 0)
             position = last
             next_start = buffer.find(b"\n", last) + 1 or len(buffer) + 1
             found[index] = kind
-        elif kind < found[index]:
-            found[index] = kind
+        else:
+            found[index] |= kind
     return found
 
 
@@ -225,8 +227,16 @@ class SparseExcerpter(Excerpter):
         tests = self._tests
         return bool(tests) and (b"\x1b" in raw or any(name.encode() in raw for name in tests))
 
+    @property
+    def wants_every_line(self) -> bool:
+        # A base64 run carried over from the line before needs no feeding: a skipped line ends no line
+        # in base64, so it would only reset the carry, which skip() does.
+        return self._open is not None or self._in_key_block or self._encoded_keys._in_key
+
     def skip(self, run: _Skipped, characters: int) -> None:
-        """Account for lines that were not fed; `characters` bounds their cleaned text from above."""
+        """Account for lines that were not fed, none ending in base64; `characters` bounds their cleaned text
+        from above."""
+        self._encoded_keys._reset()
         self._timeline.append(run)
         self._characters += characters
         self._job_order.setdefault(run.job, len(self._job_order))
@@ -386,6 +396,7 @@ def _feed_chunk(
     target = next(pending, count)
     while index < count:
         if not excerpter.wants_every_line:
+            # Only a verdict alone can be skipped: a line ending in base64 must reach Base64KeyBlock.
             while target < count and candidates[target] == VERDICT and not excerpter.awaits(raw[target]):
                 target = next(pending, count)
             if index < target:
@@ -400,7 +411,7 @@ def _feed_chunk(
         parsed, step = parse_line(
             line[:max_line_bytes] if truncated else line, before + index + 1, job, step, truncated, pinned
         )
-        excerpter.feed(parsed, plain=candidates.get(index, PLAIN) == PLAIN)
+        excerpter.feed(parsed, plain=not candidates.get(index, 0) & (SCORED | VERDICT))
         index += 1
         while target < index:
             target = next(pending, count)

@@ -207,6 +207,8 @@ class SparseExcerpter(Excerpter):
         self._dropped = 0
         self._feeding = False
         self._pending: _LazyHistory | None = None
+        # The names of the failed tests awaiting a rerun, encoded, until a test result is tracked again.
+        self._test_names: list[bytes] | None = None
 
     def feed(self, line: LogLine, plain: bool = False) -> None:
         newest = self._history[-1] if self._history else None
@@ -218,14 +220,59 @@ class SparseExcerpter(Excerpter):
         if self._history and self._history[-1] is not newest:
             self._timeline.append(self._history[-1])
 
+    def feed_plain(
+        self, raw: list[bytes], start: int, stop: int, before: int, job: str, step: str, max_line_bytes: int,
+        pinned: bool,
+    ) -> tuple[int, str]:
+        """Feed lines `start` to `stop` of `raw`, none holding a candidate pattern, while a region is open and
+        no key is being read; return where it stopped and the step.
+
+        This is feed() with what the scan proved away: such a line is no teardown line, starts no step and
+        ends in no base64 run, so it only resets Base64KeyBlock, and scores 0.
+        """
+        keys = self._encoded_keys
+        if self._in_key_block or keys._in_key:
+            return start, step
+        history, timeline, place = self._history, self._timeline, self._place
+        index = start
+        while index < stop and self._open is not None:
+            data = raw[index]
+            truncated = len(data) >= max_line_bytes
+            line, step = parse_line(
+                data[:max_line_bytes] if truncated else data, before + index + 1, job, step, truncated, pinned
+            )
+            index += 1
+            text = line.text
+            self._total = line.number
+            self._characters += len(text)
+            self._undecodable += text.count("\ufffd")
+            self._job_order.setdefault(line.job, len(self._job_order))
+            keys._carry = keys._tail = ""
+            if line.step and rules._TEARDOWN_STEP.match(line.step):
+                self._teardown = True
+            if not text.strip():
+                continue
+            kept = rules._kept(line)
+            history.append(kept)
+            timeline.append(kept)
+            place(line, kept, 0.0)
+        return index, step
+
     def awaits(self, raw: bytes) -> bool:
         """Whether a line whose only candidate is a test verdict can be the rerun of a failed test.
 
         The test's name, taken from the cleaned line, is then in the raw bytes too, unless an ANSI code
         split it (a control character makes the line a scored candidate anyway).
         """
-        tests = self._tests
-        return bool(tests) and (b"\x1b" in raw or any(name.encode() in raw for name in tests))
+        if not self._tests:
+            return False
+        if self._test_names is None:
+            self._test_names = [name.encode() for name in self._tests]
+        return b"\x1b" in raw or any(map(raw.__contains__, self._test_names))
+
+    def _track_test_result(self, text: str) -> None:
+        super()._track_test_result(text)
+        self._test_names = None
 
     @property
     def wants_every_line(self) -> bool:
@@ -405,6 +452,10 @@ def _feed_chunk(
                     sum(map(len, raw[index:target])),
                 )
                 index = target
+                continue
+        if index < target:
+            index, step = excerpter.feed_plain(raw, index, target, before, job, step, max_line_bytes, pinned)
+            if index == target or not excerpter.wants_every_line:
                 continue
         line = raw[index]
         truncated = len(line) >= max_line_bytes

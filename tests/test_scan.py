@@ -132,6 +132,37 @@ def test_keys_across_skipped_lines_are_redacted_the_same(monkeypatch: pytest.Mon
     assert "[REDACTED" in "\n".join(line.text for line in assert_same(log(*body), 16384).lines)
 
 
+def test_a_key_opened_by_a_lone_base64_line_is_redacted_the_same() -> None:
+    wrapped = base64.b64encode(_pem().encode()).decode()
+    # The key's first line is the only one ending in base64: the rest of it ends in a quote.
+    first, rest = wrapped[:64], wrapped[64:]
+    body = [
+        *filler(10),
+        f"{TS}{first}",
+        f'{TS}{rest}"',
+        f"{TS}ERROR: deploy failed: permission denied (publickey)",
+        *filler(20, 20),
+        f"{TS}##[error]Process completed with exit code 1.",
+    ]
+    for budget in (4096, 16384):
+        excerpt = assert_same(log(*body), budget)
+        text = "\n".join(line.text for line in excerpt.lines)
+        assert first not in text and rest[:40] not in text
+
+
+@needs_scan
+def test_only_lone_base64_ends_without_key_text_become_plain() -> None:
+    end, key = scan.BASE64_END, scan.BASE64_END | scan.KEY_TEXT
+    candidates = {0: end, 2: end, 4: end, 5: end, 7: key, 9: scan.SCORED | end, 11: end}
+    scan._drop_lone_base64_ends(candidates, 12)
+    assert candidates == {0: end, 4: end, 5: end, 7: key, 9: scan.SCORED | end, 11: end}
+    encoded = base64.b64encode(b"-----BEGIN RSA PRIVATE KEY-----")
+    for shift in range(3):
+        text = base64.b64encode(b"x" * shift + b"-----BEGIN RSA PRIVATE KEY-----")
+        assert scan.candidate_lines(b"a\n" + text + b"\n")[1] & scan.KEY_TEXT, shift
+    assert scan.candidate_lines(b"x\n" + encoded.lower() + b"\n")[1] == end
+
+
 def test_travis_log_with_carriage_returns() -> None:
     body = [
         "travis_fold:start:install\r",

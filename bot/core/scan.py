@@ -9,6 +9,7 @@ region, a key block) every line is fed. The result is the excerpt the line-by-li
 
 from __future__ import annotations
 
+import base64
 import gzip
 import io
 import itertools
@@ -63,7 +64,8 @@ def _literal(text: str) -> bytes:
 # What a line's patterns say it needs, one bit each: scoring; a test-verdict check (which matters only
 # while a failed test awaits its rerun); the bookkeeping of steps, teardown and PEM keys (`plain`); or a
 # look at the base64 run that ends it (Base64KeyBlock). A line with none of them resets Base64KeyBlock.
-SCORED, VERDICT, PLAIN, BASE64_END = 1, 2, 4, 8
+# KEY_TEXT marks "PRIVATE KEY" in base64, which a lone line ending in base64 needs to open a key.
+SCORED, VERDICT, PLAIN, BASE64_END, KEY_TEXT = 1, 2, 4, 8, 16
 
 
 def scored_literals() -> list[str]:
@@ -105,10 +107,16 @@ def candidate_patterns() -> list[tuple[bytes, int, int]]:
         # Key material: a PEM block, or a base64 run that ends the line or a CR segment (Base64KeyBlock).
         (_literal("PRIVATE KEY"), 0, PLAIN),
         (rb"[A-Za-z0-9+/=]{%d}[ \t\x0b\x0c\x80-\xff]*(?:\r|$)" % MIN_BASE64_RUN, multiline, BASE64_END),
+        *[(base64.b64encode(text.encode()), 0, KEY_TEXT) for text in _KEY_TEXT_GROUPS],
         # `gh run view --log` prefixes set the job and step (logs.GH_RUN_VIEW_RE).
         (rb"^[^\t\n]*\t[^\t\n]*\t(?:\xef\xbb\xbf)?\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d", multiline, PLAIN),
     ]
     return patterns
+
+
+# Decoded from its start, a run holds "PRIVATE KEY" only if it holds one of these three-byte-group spans
+# of it, encoded: whichever way the phrase falls across groups, three whole groups lie inside it.
+_KEY_TEXT_GROUPS = ("PRIVATE K", "RIVATE KE", "IVATE KEY")
 
 
 _SCAN_LOCK = threading.Lock()
@@ -144,12 +152,12 @@ def candidate_lines(buffer: bytes) -> dict[int, int]:
     hits: list[int] = []
     with _SCAN_LOCK:  # a compiled database has one scratch space, so one scan at a time
         # One int per match, end offset and kind together, sorts fastest.
-        _database().scan(buffer, match_event_handler=lambda kind, _from, end, _flags, _c: hits.append(end << 4 | kind))
+        _database().scan(buffer, match_event_handler=lambda kind, _from, end, _flags, _c: hits.append(end << 5 | kind))
     hits.sort()
     found: dict[int, int] = {}
     index, position, next_start = -1, 0, -1
     for hit in hits:
-        end, kind = hit >> 4, hit & 15
+        end, kind = hit >> 5, hit & 31
         last = max(end - 1, 0)
         if last >= next_start:
             index += buffer.count(b"\n", position, last) + (index < 0)
@@ -394,6 +402,7 @@ def _feed_stream(
             clean_text = b"\xef\xbf\xbd" not in chunk and _decodes(chunk)
             if clean_text:
                 candidates = candidate_lines(_ANSI_BYTES.sub(b"", chunk) if b"\x1b" in chunk else chunk)
+                _drop_lone_base64_ends(candidates, len(raw))
             else:
                 # Undecodable bytes count towards telling a binary from a log: read every line of this piece.
                 candidates = dict.fromkeys(range(len(raw)), SCORED)
@@ -403,6 +412,26 @@ def _feed_stream(
     except (OSError, EOFError, gzip.BadGzipFile) as exc:
         raise LogError(f"the log could not be read: {exc}") from exc
     return number
+
+
+def _drop_lone_base64_ends(candidates: dict[int, int], count: int) -> None:
+    """Make plain the lines whose only candidate is a base64 end, between lines with none, and no encoded
+    "PRIVATE KEY" in them.
+
+    Base64KeyBlock reads such a line with nothing carried over (the line before ended in no base64) and,
+    with no key in it, only leaves a carry that the line after drops; so feeding it changes nothing that
+    skipping it (which resets the carry) does not. The first and last lines of a piece stay: their
+    neighbours are in another piece.
+    """
+    lone = [
+        index
+        for index, kind in candidates.items()
+        if kind == BASE64_END
+        and 0 < index < count - 1
+        and not (candidates.get(index - 1, 0) | candidates.get(index + 1, 0)) & BASE64_END
+    ]
+    for index in lone:
+        del candidates[index]
 
 
 def _parse_chunks(chunks: Iterable[bytes], job: str, max_line_bytes: int) -> Iterator[LogLine]:

@@ -163,6 +163,20 @@ def test_only_lone_base64_ends_without_key_text_become_plain() -> None:
     assert scan.candidate_lines(b"x\n" + encoded.lower() + b"\n")[1] == end
 
 
+def test_wrapped_keys_with_whitespace_after_each_line_are_redacted_the_same() -> None:
+    pem = _pem().encode()
+    # Bytes before the key put a wrap of 20 columns (15 bytes) inside "PRIVAT|E KEY": no line holds the
+    # phrase, so only the run read on across lines, each with whitespace after it, opens the key.
+    wrapped = base64.b64encode(b"A" * (-(pem.index(b"PRIVATE") + 6) % 15) + pem).decode()
+    tails = [" " * 12, "\u3000\u00a0", "", " \t", *(" " * (n % 13) for n in range(60))]
+    lines = [f"{TS}{wrapped[i : i + 20]}{tails[i // 20]}" for i in range(0, len(wrapped), 20)]
+    body = [*filler(10), f"{TS}echo $KEY | base64", *lines, f"{TS}error: deploy failed", *filler(5, 10)]
+    assert not any(kind & scan.KEY_TEXT for kind in scan.candidate_lines(log(*body)).values())
+    excerpt = assert_same(log(*body), 16384)
+    text = "\n".join(line.text for line in excerpt.lines)
+    assert wrapped[40:60] not in text and "[REDACTED:private_key]" in text
+
+
 def test_travis_log_with_carriage_returns() -> None:
     body = [
         "travis_fold:start:install\r",
@@ -311,6 +325,11 @@ def test_candidate_lines_finds_each_line_once() -> None:
         0: scan.BASE64_END, 2: scan.VERDICT | scan.BASE64_END, 3: scan.SCORED | scan.BASE64_END
     }
     assert scan.candidate_lines(b"x\n" + b"A" * 24 + b"\rprogress\n") == {1: scan.BASE64_END}
+    # Whitespace after the run, short or long, ASCII or not, and at the end of the buffer with no newline.
+    for tail in (b" " * 8, b" \t" * 6, "\u3000\u00a0".encode() * 3):
+        assert scan.candidate_lines(b"x\n" + b"A" * 20 + tail + b"\nok\n") == {1: scan.BASE64_END}, tail
+        assert scan.candidate_lines(b"x\n" + b"A" * 20 + tail) == {1: scan.BASE64_END}, tail
+    assert scan.candidate_lines(b"x\n" + b"A" * 19 + b" \n") == {}
 
 
 def _wrapped_key_after(head: str) -> tuple[str, list[str]]:

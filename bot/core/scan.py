@@ -104,9 +104,12 @@ def candidate_patterns() -> list[tuple[bytes, int, int]]:
         # A step starts (the parser's step, the excerpter's teardown), or a teardown line.
         (_literal("##[group]Run "), 0, PLAIN),
         (rules._TEARDOWN_LINE.pattern.removeprefix("^").encode(), caseless, PLAIN),
-        # Key material: a PEM block, or a base64 run that ends the line or a CR segment (Base64KeyBlock).
+        # Key material: a PEM block, or a base64 run that ends the line or a CR segment (Base64KeyBlock),
+        # before any whitespace rstrip() removes. Hyperscan finds a fixed-width end quickly and an unbounded
+        # run of whitespace slowly, so a line ending in a longer one is a candidate whatever precedes it.
         (_literal("PRIVATE KEY"), 0, PLAIN),
-        (rb"[A-Za-z0-9+/=]{%d}[ \t\x0b\x0c\x80-\xff]*(?:\r|$)" % MIN_BASE64_RUN, multiline, BASE64_END),
+        (rb"[A-Za-z0-9+/=]{%d}(?:%s)[\r\n]" % (MIN_BASE64_RUN, b"|".join(_TAILS)), 0, BASE64_END),
+        (_TRAILING_SPACE * len(_TAILS) + rb"[\r\n]", 0, BASE64_END),
         *[(base64.b64encode(text.encode()), 0, KEY_TEXT) for text in _KEY_TEXT_GROUPS],
         # `gh run view --log` prefixes set the job and step (logs.GH_RUN_VIEW_RE).
         (rb"^[^\t\n]*\t[^\t\n]*\t(?:\xef\xbb\xbf)?\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d", multiline, PLAIN),
@@ -114,6 +117,10 @@ def candidate_patterns() -> list[tuple[bytes, int, int]]:
     return patterns
 
 
+# A byte of what str.rstrip() may remove (controls make a line a scored candidate anyway), and the endings
+# of up to 8 of them that the base64-end pattern spells out.
+_TRAILING_SPACE = rb"[ \t\x0b\x0c\x80-\xff]"
+_TAILS = [_TRAILING_SPACE * count for count in range(9)]
 # Decoded from its start, a run holds "PRIVATE KEY" only if it holds one of these three-byte-group spans
 # of it, encoded: whichever way the phrase falls across groups, three whole groups lie inside it.
 _KEY_TEXT_GROUPS = ("PRIVATE K", "RIVATE KE", "IVATE KEY")
@@ -150,6 +157,8 @@ def candidate_lines(buffer: bytes) -> dict[int, int]:
     """The lines of `buffer` (split on newlines) that hold a candidate pattern, by index, with their kinds'
     bits."""
     hits: list[int] = []
+    if not buffer.endswith(b"\n"):
+        buffer += b"\n"  # the base64-end patterns end at a newline; this one ends the last line
     with _SCAN_LOCK:  # a compiled database has one scratch space, so one scan at a time
         # One int per match, end offset and kind together, sorts fastest.
         _database().scan(buffer, match_event_handler=lambda kind, _from, end, _flags, _c: hits.append(end << 5 | kind))

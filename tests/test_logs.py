@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import io
 import stat
@@ -17,6 +18,7 @@ from bot.core.logs import (
     LogError,
     LogLine,
     _CappedReader,
+    _new_line,
     clean,
     iter_zip_lines,
     lines_from_text,
@@ -83,6 +85,24 @@ def test_jenkins_and_plain_text_pass_through() -> None:
 def test_gzip_is_detected_by_magic_bytes() -> None:
     data = gzip.compress(b"one\ntwo\nthree\n")
     assert [line.text for line in parse(data)] == ["one", "two", "three"]
+
+
+def test_the_quick_line_constructor_sets_every_field() -> None:
+    values = (7, "text", "job", "step", "error", True, True)
+    assert [field.name for field in dataclasses.fields(LogLine)] == [
+        "number", "text", "job", "step", "marker", "truncated", "red"
+    ]
+    quick = _new_line(*values)
+    assert quick == LogLine(*values) and repr(quick) == repr(LogLine(*values))
+    assert hash(quick) == hash(LogLine(*values))
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        quick.text = "changed"  # type: ignore[misc]
+
+
+def test_controls_go_from_printable_and_unprintable_lines_alike() -> None:
+    assert clean("a\x07b") == "ab"
+    assert clean("a\tb\x00c\u00a0d\x7f") == "a\tbc\u00a0d"
+    assert clean("plain words") == "plain words"
 
 
 def test_invalid_bytes_are_replaced_and_nul_and_controls_removed() -> None:

@@ -132,6 +132,51 @@ def test_keys_across_skipped_lines_are_redacted_the_same(monkeypatch: pytest.Mon
     assert "[REDACTED" in "\n".join(line.text for line in assert_same(log(*body), 16384).lines)
 
 
+def test_a_key_opened_by_a_lone_base64_line_is_redacted_the_same() -> None:
+    wrapped = base64.b64encode(_pem().encode()).decode()
+    # The key's first line is the only one ending in base64: the rest of it ends in a quote.
+    first, rest = wrapped[:64], wrapped[64:]
+    body = [
+        *filler(10),
+        f"{TS}{first}",
+        f'{TS}{rest}"',
+        f"{TS}ERROR: deploy failed: permission denied (publickey)",
+        *filler(20, 20),
+        f"{TS}##[error]Process completed with exit code 1.",
+    ]
+    for budget in (4096, 16384):
+        excerpt = assert_same(log(*body), budget)
+        text = "\n".join(line.text for line in excerpt.lines)
+        assert first not in text and rest[:40] not in text
+
+
+@needs_scan
+def test_only_lone_base64_ends_without_key_text_become_plain() -> None:
+    end, key = scan.BASE64_END, scan.BASE64_END | scan.KEY_TEXT
+    candidates = {0: end, 2: end, 4: end, 5: end, 7: key, 9: scan.SCORED | end, 11: end}
+    scan._drop_lone_base64_ends(candidates, 12)
+    assert candidates == {0: end, 4: end, 5: end, 7: key, 9: scan.SCORED | end, 11: end}
+    encoded = base64.b64encode(b"-----BEGIN RSA PRIVATE KEY-----")
+    for shift in range(3):
+        text = base64.b64encode(b"x" * shift + b"-----BEGIN RSA PRIVATE KEY-----")
+        assert scan.candidate_lines(b"a\n" + text + b"\n")[1] & scan.KEY_TEXT, shift
+    assert scan.candidate_lines(b"x\n" + encoded.lower() + b"\n")[1] == end
+
+
+def test_wrapped_keys_with_whitespace_after_each_line_are_redacted_the_same() -> None:
+    pem = _pem().encode()
+    # Bytes before the key put a wrap of 20 columns (15 bytes) inside "PRIVAT|E KEY": no line holds the
+    # phrase, so only the run read on across lines, each with whitespace after it, opens the key.
+    wrapped = base64.b64encode(b"A" * (-(pem.index(b"PRIVATE") + 6) % 15) + pem).decode()
+    tails = [" " * 12, "\u3000\u00a0", "", " \t", *(" " * (n % 13) for n in range(60))]
+    lines = [f"{TS}{wrapped[i : i + 20]}{tails[i // 20]}" for i in range(0, len(wrapped), 20)]
+    body = [*filler(10), f"{TS}echo $KEY | base64", *lines, f"{TS}error: deploy failed", *filler(5, 10)]
+    assert not any(kind & scan.KEY_TEXT for kind in scan.candidate_lines(log(*body)).values())
+    excerpt = assert_same(log(*body), 16384)
+    text = "\n".join(line.text for line in excerpt.lines)
+    assert wrapped[40:60] not in text and "[REDACTED:private_key]" in text
+
+
 def test_travis_log_with_carriage_returns() -> None:
     body = [
         "travis_fold:start:install\r",
@@ -272,7 +317,48 @@ def test_candidate_lines_finds_each_line_once() -> None:
     buffer = b"ok\nan error and a failure\nnothing\n\nfatal\nerror"
     assert scan.candidate_lines(buffer) == {1: scan.SCORED, 4: scan.SCORED, 5: scan.SCORED}
     verdicts = b"x\ntest_a PASSED\nok 3 parses\nRun make\n##[group]Run make\n--- PASS: TestX and an error"
-    assert scan.candidate_lines(verdicts) == {1: scan.VERDICT, 2: scan.VERDICT, 4: scan.PLAIN, 5: scan.SCORED}
+    assert scan.candidate_lines(verdicts) == {
+        1: scan.VERDICT, 2: scan.VERDICT, 4: scan.PLAIN, 5: scan.SCORED | scan.VERDICT
+    }
+    runs = b"sha 0123456789abcdef0123\nshort abc\n--- PASS: TestAbcdefghijklmnopqrst \t\nab\x1b[0mcdefghijklmnopqrstu\r"
+    assert scan.candidate_lines(runs) == {
+        0: scan.BASE64_END, 2: scan.VERDICT | scan.BASE64_END, 3: scan.SCORED | scan.BASE64_END
+    }
+    assert scan.candidate_lines(b"x\n" + b"A" * 24 + b"\rprogress\n") == {1: scan.BASE64_END}
+    # Whitespace after the run, short or long, ASCII or not, and at the end of the buffer with no newline.
+    for tail in (b" " * 8, b" \t" * 6, "\u3000\u00a0".encode() * 3):
+        assert scan.candidate_lines(b"x\n" + b"A" * 20 + tail + b"\nok\n") == {1: scan.BASE64_END}, tail
+        assert scan.candidate_lines(b"x\n" + b"A" * 20 + tail) == {1: scan.BASE64_END}, tail
+    assert scan.candidate_lines(b"x\n" + b"A" * 19 + b" \n") == {}
+
+
+def _wrapped_key_after(head: str) -> tuple[str, list[str]]:
+    """A PEM key in base64 whose stream starts inside `head`'s run: its first line with `head`, and the rest
+    wrapped at 64 columns. Only the run read on from `head` decodes to the key; its lines alone do not."""
+    pem = _pem().encode()
+    for pad in range(64):
+        stream = base64.b64encode(bytes([65 + pad % 26]) * (pad + 30) + pem).decode()
+        # The head's run must be cut off mid-group, or the next line would decode alone as well.
+        cut = 26 + next(n for n in range(4) if (26 + n) % 4 == 2)
+        first, rest = stream[:cut], stream[cut:]
+        if not any(literal in (head + first).lower() for literal in scan.scored_literals()):
+            return head + first, [rest[i : i + 64] for i in range(0, len(rest), 64)]
+    raise AssertionError("no key avoided the scored words")
+
+
+def test_a_key_read_on_from_a_skipped_verdict_is_redacted() -> None:
+    verdict, wrapped = _wrapped_key_after("--- PASS: Test")
+    body = [
+        *filler(30),
+        f"{TS}{verdict}",
+        *[f"{TS}{line}" for line in wrapped],
+        f"{TS}ERROR: deploy failed: permission denied (publickey)",
+        *filler(5, 30),
+        f"{TS}##[error]Process completed with exit code 1.",
+    ]
+    excerpt = assert_same(log(*body), 16384)
+    text = "\n".join(line.text for line in excerpt.lines)
+    assert wrapped[1] not in text and "[REDACTED" in text
 
 
 def _differs(dataset: str, row: dict[str, str]) -> str | None:

@@ -9,6 +9,7 @@ region, a key block) every line is fed. The result is the excerpt the line-by-li
 
 from __future__ import annotations
 
+import base64
 import gzip
 import io
 import itertools
@@ -60,9 +61,11 @@ def _literal(text: str) -> bytes:
     )
 
 
-# What a line's patterns say it needs, strongest first: scoring; a test-verdict check (which matters only
-# while a failed test awaits its rerun); or only the bookkeeping of steps, teardown and keys (`plain`).
-SCORED, VERDICT, PLAIN = 0, 1, 2
+# What a line's patterns say it needs, one bit each: scoring; a test-verdict check (which matters only
+# while a failed test awaits its rerun); the bookkeeping of steps, teardown and PEM keys (`plain`); or a
+# look at the base64 run that ends it (Base64KeyBlock). A line with none of them resets Base64KeyBlock.
+# KEY_TEXT marks "PRIVATE KEY" in base64, which a lone line ending in base64 needs to open a key.
+SCORED, VERDICT, PLAIN, BASE64_END, KEY_TEXT = 1, 2, 4, 8, 16
 
 
 def scored_literals() -> list[str]:
@@ -101,13 +104,26 @@ def candidate_patterns() -> list[tuple[bytes, int, int]]:
         # A step starts (the parser's step, the excerpter's teardown), or a teardown line.
         (_literal("##[group]Run "), 0, PLAIN),
         (rules._TEARDOWN_LINE.pattern.removeprefix("^").encode(), caseless, PLAIN),
-        # Key material: a PEM block, or a base64 run that ends the line or a CR segment (Base64KeyBlock).
+        # Key material: a PEM block, or a base64 run that ends the line or a CR segment (Base64KeyBlock),
+        # before any whitespace rstrip() removes. Hyperscan finds a fixed-width end quickly and an unbounded
+        # run of whitespace slowly, so a line ending in a longer one is a candidate whatever precedes it.
         (_literal("PRIVATE KEY"), 0, PLAIN),
-        (rb"[A-Za-z0-9+/=]{%d}[ \t\x0b\x0c\x80-\xff]*(?:\r|$)" % MIN_BASE64_RUN, multiline, PLAIN),
+        (rb"[A-Za-z0-9+/=]{%d}(?:%s)[\r\n]" % (MIN_BASE64_RUN, b"|".join(_TAILS)), 0, BASE64_END),
+        (_TRAILING_SPACE * len(_TAILS) + rb"[\r\n]", 0, BASE64_END),
+        *[(base64.b64encode(text.encode()), 0, KEY_TEXT) for text in _KEY_TEXT_GROUPS],
         # `gh run view --log` prefixes set the job and step (logs.GH_RUN_VIEW_RE).
         (rb"^[^\t\n]*\t[^\t\n]*\t(?:\xef\xbb\xbf)?\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d", multiline, PLAIN),
     ]
     return patterns
+
+
+# A byte of what str.rstrip() may remove (controls make a line a scored candidate anyway), and the endings
+# of up to 8 of them that the base64-end pattern spells out.
+_TRAILING_SPACE = rb"[ \t\x0b\x0c\x80-\xff]"
+_TAILS = [_TRAILING_SPACE * count for count in range(9)]
+# Decoded from its start, a run holds "PRIVATE KEY" only if it holds one of these three-byte-group spans
+# of it, encoded: whichever way the phrase falls across groups, three whole groups lie inside it.
+_KEY_TEXT_GROUPS = ("PRIVATE K", "RIVATE KE", "IVATE KEY")
 
 
 _SCAN_LOCK = threading.Lock()
@@ -122,7 +138,7 @@ def _database() -> Any:
         return None
     patterns = candidate_patterns()
     database = hyperscan.Database(mode=hyperscan.HS_MODE_BLOCK)
-    # A pattern's id is its kind: a line needs what its strongest match says.
+    # A pattern's id is its kind: a line needs what all its matches say.
     database.compile(
         expressions=[pattern for pattern, _, _ in patterns],
         ids=[kind for _, _, kind in patterns],
@@ -138,24 +154,27 @@ def available() -> bool:
 
 
 def candidate_lines(buffer: bytes) -> dict[int, int]:
-    """The lines of `buffer` (split on newlines) that hold a candidate pattern, by index, with their kind."""
+    """The lines of `buffer` (split on newlines) that hold a candidate pattern, by index, with their kinds'
+    bits."""
     hits: list[int] = []
+    if not buffer.endswith(b"\n"):
+        buffer += b"\n"  # the base64-end patterns end at a newline; this one ends the last line
     with _SCAN_LOCK:  # a compiled database has one scratch space, so one scan at a time
         # One int per match, end offset and kind together, sorts fastest.
-        _database().scan(buffer, match_event_handler=lambda kind, _from, end, _flags, _c: hits.append(end << 2 | kind))
+        _database().scan(buffer, match_event_handler=lambda kind, _from, end, _flags, _c: hits.append(end << 5 | kind))
     hits.sort()
     found: dict[int, int] = {}
     index, position, next_start = -1, 0, -1
     for hit in hits:
-        end, kind = hit >> 2, hit & 3
+        end, kind = hit >> 5, hit & 31
         last = max(end - 1, 0)
         if last >= next_start:
             index += buffer.count(b"\n", position, last) + (index < 0)
             position = last
             next_start = buffer.find(b"\n", last) + 1 or len(buffer) + 1
             found[index] = kind
-        elif kind < found[index]:
-            found[index] = kind
+        else:
+            found[index] |= kind
     return found
 
 
@@ -205,6 +224,8 @@ class SparseExcerpter(Excerpter):
         self._dropped = 0
         self._feeding = False
         self._pending: _LazyHistory | None = None
+        # The names of the failed tests awaiting a rerun, encoded, until a test result is tracked again.
+        self._test_names: list[bytes] | None = None
 
     def feed(self, line: LogLine, plain: bool = False) -> None:
         newest = self._history[-1] if self._history else None
@@ -216,17 +237,70 @@ class SparseExcerpter(Excerpter):
         if self._history and self._history[-1] is not newest:
             self._timeline.append(self._history[-1])
 
+    def feed_plain(
+        self, raw: list[bytes], start: int, stop: int, before: int, job: str, step: str, max_line_bytes: int,
+        pinned: bool,
+    ) -> tuple[int, str]:
+        """Feed lines `start` to `stop` of `raw`, none holding a candidate pattern, while a region is open and
+        no key is being read; return where it stopped and the step.
+
+        This is feed() with what the scan proved away: such a line is no teardown line, starts no step and
+        ends in no base64 run, so it only resets Base64KeyBlock, and scores 0.
+        """
+        keys = self._encoded_keys
+        if self._in_key_block or keys._in_key:
+            return start, step
+        history, timeline, place = self._history, self._timeline, self._place
+        index = start
+        while index < stop and self._open is not None:
+            data = raw[index]
+            truncated = len(data) >= max_line_bytes
+            line, step = parse_line(
+                data[:max_line_bytes] if truncated else data, before + index + 1, job, step, truncated, pinned
+            )
+            index += 1
+            text = line.text
+            self._total = line.number
+            self._characters += len(text)
+            self._undecodable += text.count("\ufffd")
+            self._job_order.setdefault(line.job, len(self._job_order))
+            keys._carry = keys._tail = ""
+            if line.step and rules._TEARDOWN_STEP.match(line.step):
+                self._teardown = True
+            if not text.strip():
+                continue
+            kept = rules._kept(line)
+            history.append(kept)
+            timeline.append(kept)
+            place(line, kept, 0.0)
+        return index, step
+
     def awaits(self, raw: bytes) -> bool:
         """Whether a line whose only candidate is a test verdict can be the rerun of a failed test.
 
         The test's name, taken from the cleaned line, is then in the raw bytes too, unless an ANSI code
         split it (a control character makes the line a scored candidate anyway).
         """
-        tests = self._tests
-        return bool(tests) and (b"\x1b" in raw or any(name.encode() in raw for name in tests))
+        if not self._tests:
+            return False
+        if self._test_names is None:
+            self._test_names = [name.encode() for name in self._tests]
+        return b"\x1b" in raw or any(map(raw.__contains__, self._test_names))
+
+    def _track_test_result(self, text: str) -> None:
+        super()._track_test_result(text)
+        self._test_names = None
+
+    @property
+    def wants_every_line(self) -> bool:
+        # A base64 run carried over from the line before needs no feeding: a skipped line ends no line
+        # in base64, so it would only reset the carry, which skip() does.
+        return self._open is not None or self._in_key_block or self._encoded_keys._in_key
 
     def skip(self, run: _Skipped, characters: int) -> None:
-        """Account for lines that were not fed; `characters` bounds their cleaned text from above."""
+        """Account for lines that were not fed, none ending in base64; `characters` bounds their cleaned text
+        from above."""
+        self._encoded_keys._reset()
         self._timeline.append(run)
         self._characters += characters
         self._job_order.setdefault(run.job, len(self._job_order))
@@ -340,6 +414,7 @@ def _feed_stream(
             clean_text = b"\xef\xbf\xbd" not in chunk and _decodes(chunk)
             if clean_text:
                 candidates = candidate_lines(_ANSI_BYTES.sub(b"", chunk) if b"\x1b" in chunk else chunk)
+                _drop_lone_base64_ends(candidates, len(raw))
             else:
                 # Undecodable bytes count towards telling a binary from a log: read every line of this piece.
                 candidates = dict.fromkeys(range(len(raw)), SCORED)
@@ -349,6 +424,26 @@ def _feed_stream(
     except (OSError, EOFError, gzip.BadGzipFile) as exc:
         raise LogError(f"the log could not be read: {exc}") from exc
     return number
+
+
+def _drop_lone_base64_ends(candidates: dict[int, int], count: int) -> None:
+    """Make plain the lines whose only candidate is a base64 end, between lines with none, and no encoded
+    "PRIVATE KEY" in them.
+
+    Base64KeyBlock reads such a line with nothing carried over (the line before ended in no base64) and,
+    with no key in it, only leaves a carry that the line after drops; so feeding it changes nothing that
+    skipping it (which resets the carry) does not. The first and last lines of a piece stay: their
+    neighbours are in another piece.
+    """
+    lone = [
+        index
+        for index, kind in candidates.items()
+        if kind == BASE64_END
+        and 0 < index < count - 1
+        and not (candidates.get(index - 1, 0) | candidates.get(index + 1, 0)) & BASE64_END
+    ]
+    for index in lone:
+        del candidates[index]
 
 
 def _parse_chunks(chunks: Iterable[bytes], job: str, max_line_bytes: int) -> Iterator[LogLine]:
@@ -389,6 +484,7 @@ def _feed_chunk(
     target = next(pending, count)
     while index < count:
         if not excerpter.wants_every_line:
+            # Only a verdict alone can be skipped: a line ending in base64 must reach Base64KeyBlock.
             while target < count and candidates[target] == VERDICT and not excerpter.awaits(raw[target]):
                 target = next(pending, count)
             if index < target:
@@ -398,12 +494,16 @@ def _feed_chunk(
                 )
                 index = target
                 continue
+        if index < target:
+            index, step = excerpter.feed_plain(raw, index, target, before, job, step, max_line_bytes, pinned)
+            if index == target or not excerpter.wants_every_line:
+                continue
         line = raw[index]
         truncated = len(line) >= max_line_bytes
         parsed, step = parse_line(
             line[:max_line_bytes] if truncated else line, before + index + 1, job, step, truncated, pinned
         )
-        excerpter.feed(parsed, plain=candidates.get(index, PLAIN) == PLAIN)
+        excerpter.feed(parsed, plain=not candidates.get(index, 0) & (SCORED | VERDICT))
         index += 1
         while target < index:
             target = next(pending, count)

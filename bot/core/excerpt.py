@@ -314,14 +314,8 @@ class Excerpter:
             self._teardown = True
         elif line.marker == "group" and text.startswith("Run "):
             self._teardown = False
-        if not text.strip():
-            # A region stays open a few shown lines past its last error line. One blank line is a paragraph
-            # break inside a report (pytest's captured output, a test's stack trace); two end the report.
-            self._shown += self._blank
-            self._blank = 1
+        if not self._count_shown(text):
             return
-        self._blank = 0
-        self._shown += 1
         # Decisions read the whole line; what is kept for the excerpt is cut, so memory stays small.
         kept = _kept(line)
         self._history.append(kept)
@@ -356,6 +350,20 @@ class Excerpter:
         if self._teardown:
             score *= 0.4
         self._place(line, kept, score)
+
+    def _count_shown(self, text: str) -> bool:
+        """Advance the count that measures a region's open window; False for a blank line.
+
+        A region stays open a few shown lines past its last error line. One blank line is a paragraph break
+        inside a report (pytest's captured output, a test's stack trace); two end the report.
+        """
+        if not text.strip():
+            self._shown += self._blank
+            self._blank = 1
+            return False
+        self._blank = 0
+        self._shown += 1
+        return True
 
     def _place(self, line: LogLine, kept: LogLine, score: float) -> None:
         """Add a scored line to the open region, or close it and perhaps open one."""

@@ -267,7 +267,7 @@ class SparseExcerpter(Excerpter):
             keys._carry = keys._tail = ""
             if line.step and rules._TEARDOWN_STEP.match(line.step):
                 self._teardown = True
-            if not text.strip():
+            if not self._count_shown(text):
                 continue
             kept = rules._kept(line)
             history.append(kept)

@@ -20,18 +20,24 @@ class Outcome(StrEnum):
 
 
 Handler = Callable[[Event, C], Outcome]
+# What a handler can tell from the payload alone that it has work to do: a green run never needs diagnosing.
+Wants = Callable[[Event], bool]
 ANY_ACTION = "*"
+
+
+def _always(_event: Event) -> bool:
+    return True
 
 
 @dataclass
 class Router(Generic[C]):
     """Handlers keyed by event name and action; `*` matches every action of an event."""
 
-    _routes: list[tuple[str, str, Handler[C]]] = field(default_factory=list)
+    _routes: list[tuple[str, str, Handler[C], Wants]] = field(default_factory=list)
 
-    def add(self, event: str, actions: tuple[str, ...], handler: Handler[C]) -> None:
+    def add(self, event: str, actions: tuple[str, ...], handler: Handler[C], wants: Wants = _always) -> None:
         for action in actions or (ANY_ACTION,):
-            self._routes.append((event, action, handler))
+            self._routes.append((event, action, handler, wants))
 
     def on(self, event: str, *actions: str) -> Callable[[Handler[C]], Handler[C]]:
         def register(handler: Handler[C]) -> Handler[C]:
@@ -43,12 +49,20 @@ class Router(Generic[C]):
     def handlers_for(self, event: str, action: str | None) -> list[Handler[C]]:
         return [
             handler
-            for name, wanted, handler in self._routes
+            for name, wanted, handler, _ in self._routes
             if name == event and wanted in (ANY_ACTION, action)
         ]
 
     def handles(self, event: str, action: str | None) -> bool:
         return bool(self.handlers_for(event, action))
+
+    def wants(self, event: Event) -> bool:
+        """Whether some handler may have work for this event, judged from its payload alone (no I/O)."""
+        return any(
+            wants(event)
+            for name, wanted, _, wants in self._routes
+            if name == event.name and wanted in (ANY_ACTION, event.action)
+        )
 
     def dispatch(self, event: Event, context: C) -> Outcome:
         """Run every matching handler in registration order; DONE if any of them did work."""

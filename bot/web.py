@@ -138,8 +138,11 @@ def create_app(
 
 
 def _persist_and_queue(parts: Components, event: Event, body: bytes) -> str:
-    """Store the delivery (the durable part), then queue it. Returns the intake outcome."""
+    """Store the delivery (the durable part), then queue it if a handler may have work for it. Returns the
+    intake outcome."""
     now = parts.services.clock()
+    # Stored either way, so a replay is still known as one; only a delivery with work goes through the queue.
+    needed = parts.router.wants(event)
     saved = parts.store.save_delivery(
         event.delivery_id,
         event=event.name,
@@ -148,7 +151,10 @@ def _persist_and_queue(parts: Components, event: Event, body: bytes) -> str:
         repository=event.repository,
         payload=body.decode("utf-8"),
         now=now,
+        status=DeliveryStatus.PENDING if needed else DeliveryStatus.IGNORED,
     )
+    if saved and not needed:
+        return "ignored"
     if not saved:
         record = parts.store.get_delivery(event.delivery_id)
         if record is None or record.status in FINISHED:

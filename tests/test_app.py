@@ -42,12 +42,12 @@ if TYPE_CHECKING:
 pytest_plugins = ["tests.servers"]
 
 
-def payload(run_id: int = 1, action: str = "completed") -> bytes:
+def payload(run_id: int = 1, action: str = "completed", conclusion: str = "failure") -> bytes:
     data = {
         "action": action,
         "installation": {"id": INSTALLATION, "node_id": "x"},
         "repository": {"full_name": REPO},
-        "workflow_run": {"id": run_id, "conclusion": "failure"},
+        "workflow_run": {"id": run_id, "conclusion": conclusion},
     }
     return json.dumps(data).encode()
 
@@ -80,6 +80,18 @@ def test_a_signed_delivery_is_stored_queued_and_answered_202(client: TestClient,
     assert record is not None and record.status is DeliveryStatus.PENDING
     assert record.payload == body.decode() and record.installation_id == INSTALLATION
     assert parts.queue.waiting() == {"d-1"}
+
+
+def test_a_green_run_is_stored_as_needing_no_work_and_never_queued(client: TestClient, parts: Components) -> None:
+    body = payload(conclusion="success")
+    reply = post(client, body, signed(body, delivery_id="d-green"))
+    assert reply.status_code == 202 and reply.json() == {"status": "ignored", "delivery": "d-green"}
+    record = parts.store.get_delivery("d-green")
+    assert record is not None and record.status is DeliveryStatus.IGNORED and record.payload == body.decode()
+    assert parts.queue.depth() == 0
+    again = post(client, body, signed(body, delivery_id="d-green"))
+    assert again.status_code == 200 and again.json()["status"] == "duplicate"
+    assert parts.queue.depth() == 0
 
 
 def test_a_replayed_delivery_id_is_not_queued_again(client: TestClient, parts: Components) -> None:

@@ -53,3 +53,28 @@ def test_the_app_routes_workflow_run_completed() -> None:
     assert router.handles("workflow_run", "completed")
     assert not router.handles("workflow_run", "requested")
     assert not router.handles("workflow_job", "completed")
+
+
+def test_wants_asks_each_matching_handler_about_the_payload() -> None:
+    router: Router[None] = Router()
+    router.add("workflow_run", ("completed",), lambda e, c: Outcome.DONE, wants=lambda e: e.payload.get("red") is True)
+    red = Event("workflow_run", "completed", "d-1", {"red": True})
+    green = Event("workflow_run", "completed", "d-2", {"red": False})
+    assert router.wants(red)
+    assert not router.wants(green)
+    assert not router.wants(Event("workflow_run", "requested", "d-3", {"red": True}))
+    # A handler that says nothing about the payload wants every event it is routed.
+    router.add("push", (), lambda e, c: Outcome.DONE)
+    assert router.wants(event("push", None))
+
+
+def test_the_app_wants_failed_and_timed_out_runs_only() -> None:
+    from bot.wiring import build_router
+
+    router = build_router()
+
+    def run(conclusion: str | None) -> Event:
+        return Event("workflow_run", "completed", "d", {"workflow_run": {"conclusion": conclusion}})
+
+    assert router.wants(run("failure")) and router.wants(run("timed_out"))
+    assert not any(router.wants(run(c)) for c in ("success", "cancelled", "skipped", "neutral", None))

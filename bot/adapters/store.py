@@ -444,10 +444,12 @@ class Store:
     # Deliveries
 
     def save_delivery(self, delivery_id: str, *, event: str, action: str | None, installation_id: int | None,
-                      repository: str | None, payload: str, now: datetime) -> bool:
-        """Persist a new delivery as pending; False when this delivery id was already saved (a replay)."""
+                      repository: str | None, payload: str, now: datetime,
+                      status: DeliveryStatus = DeliveryStatus.PENDING) -> bool:
+        """Persist a new delivery, pending unless told it needs no work; False when this delivery id was already
+        saved (a replay)."""
         values = {"delivery_id": delivery_id, "event": event, "action": action, "installation_id": installation_id,
-                  "repository": repository, "payload": payload, "status": DeliveryStatus.PENDING.value,
+                  "repository": repository, "payload": payload, "status": status.value,
                   "attempts": 0, "received_at": now, "updated_at": now}
         return self._first_row(self._save_delivery, values) is not None
 

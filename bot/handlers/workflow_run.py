@@ -10,9 +10,14 @@ from bot.services import Services
 DIAGNOSED_CONCLUSIONS = frozenset({"failure", "timed_out"})
 
 
-def on_completed(event: Event, services: Services) -> Outcome:
+def is_failed_run(event: Event) -> bool:
+    """A run that failed or timed out; most completed runs are green and need nothing."""
     run = event.payload.get("workflow_run")
-    if not isinstance(run, dict) or run.get("conclusion") not in DIAGNOSED_CONCLUSIONS:
+    return isinstance(run, dict) and run.get("conclusion") in DIAGNOSED_CONCLUSIONS
+
+
+def on_completed(event: Event, services: Services) -> Outcome:
+    if not is_failed_run(event):
         return Outcome.IGNORED
     installation_id = event.installation_id
     if installation_id is None:
@@ -21,4 +26,4 @@ def on_completed(event: Event, services: Services) -> Outcome:
 
 
 def register(router: Router[Services]) -> None:
-    router.add("workflow_run", ("completed",), on_completed)
+    router.add("workflow_run", ("completed",), on_completed, wants=is_failed_run)

@@ -91,14 +91,15 @@ def event_from_http(
     if not _DELIVERY_RE.fullmatch(delivery_id):
         raise IntakeError(400, "missing or malformed X-GitHub-Delivery")
     try:
-        text = body.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise IntakeError(400, f"body is not UTF-8 (byte {exc.start})") from None
-    try:
         # orjson: a 20 KB delivery parses in a third of the time json takes, on the intake path and again
-        # in the worker. It is stricter (no NaN, no integers beyond 64 bits), which GitHub never sends.
-        payload = orjson.loads(text)
+        # in the worker. It is stricter (no NaN, no integers beyond 64 bits), which GitHub never sends. It
+        # reads the bytes as they came and checks their UTF-8 itself.
+        payload = orjson.loads(body)
     except ValueError as exc:
+        try:
+            body.decode("utf-8")
+        except UnicodeDecodeError as bad:
+            raise IntakeError(400, f"body is not UTF-8 (byte {bad.start})") from None
         raise IntakeError(400, f"body is not valid JSON: {exc}") from None
     if not isinstance(payload, dict):
         raise IntakeError(400, "body is not a JSON object")

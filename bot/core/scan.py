@@ -223,7 +223,7 @@ class SparseExcerpter(Excerpter):
         self._timeline: list[LogLine | _Skipped] = []
         self._dropped = 0
         self._feeding = False
-        self._pending: _LazyHistory | None = None
+        self._pending: list[_LazyHistory] = []
         # The names of the failed tests awaiting a rerun, encoded, until a test result is tracked again.
         self._test_names: list[bytes] | None = None
 
@@ -331,18 +331,19 @@ class SparseExcerpter(Excerpter):
     def _history_lines(self) -> Iterable[LogLine]:
         if not self._feeding:
             return self._newest(FILL_LINES)
-        # At an exit marker: note where its history ends for now, and read the previous one's before pruning
-        # can reach it (an earlier exit's history is read if the command after it turns out to have passed).
-        if self._pending is not None:
-            self._pending.resolve()
-        self._pending = _LazyHistory(self, self._dropped + len(self._timeline), self._history[-1])
-        return self._pending
+        # At an exit marker: note where its history ends for now; it is read only if it is still one of the
+        # remembered exits when pruning could reach it (Excerpter._exits).
+        lazy = _LazyHistory(self, self._dropped + len(self._timeline), self._history[-1])
+        self._pending.append(lazy)
+        return lazy
 
     def prune(self) -> None:
         """Drop what no window can read any more: everything before the newest FILL_LINES lines."""
-        if self._pending is not None:
-            self._pending.resolve()
-            self._pending = None
+        remembered = {id(history) for _, history in self._exits}
+        for lazy in self._pending:
+            if id(lazy) in remembered:
+                lazy.resolve()
+        self._pending.clear()
         keep = FILL_LINES
         index = len(self._timeline)
         while keep > 0 and index > 0:

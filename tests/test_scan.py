@@ -394,3 +394,28 @@ def test_a_plain_log_is_named_after_its_job_on_both_paths() -> None:
     for small_bytes in (0, len(data) + 1):
         excerpt = scan.excerpt_stream(io.BytesIO(data), 2048, job="build (ubuntu)", small_bytes=small_bytes).finish()
         assert excerpt.blocks and {block.job for block in excerpt.blocks} == {"build (ubuntu)"}
+
+
+def test_a_command_that_passed_hands_the_focus_back_across_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The failing exit inside `make test` is pruned past before its command turns out to have passed; the
+    # history of the exit before it must still read as the line-by-line path reads it.
+    monkeypatch.setattr(scan, "CHUNK_BYTES", 2048)
+    distinct = [f"{TS}Building lib{chr(97 + n % 26)}{chr(97 + n // 26)}" for n in range(120)]
+    data = log(
+        "$ make",
+        *distinct,
+        "fail: No such hash: 31b8c996c762b151bedbd7f0e5ad12c2ababf3cd",
+        "stack traceback:",
+        "make: *** [lit] Error 255",
+        'The command "make" exited with 2.',
+        "$ make test || RESULT=$?",
+        *filler(600, 100),
+        "  'FAILED: utime foobarbaz ENOENT: no such file or directory'",
+        "make: *** [test] Error 1",
+        *filler(600, 1000),
+        'The command "make test || RESULT=$?" exited with 0.',
+        "Done. Your build exited with 1.",
+    )
+    for budget in (200, 4096):
+        excerpt = assert_same(data, budget)
+    assert {line.number for line in excerpt.lines} >= {*range(2, 122), 122, 123}

@@ -187,3 +187,41 @@ def test_a_progress_bar_shows_on_stderr_for_big_inputs_only(
     assert ("reading " + log.name in result.stderr) is shown
     assert ("━" in result.stderr) is shown
     assert "reading " not in result.stdout and "source: rules" in result.stdout
+
+
+@pytest.mark.parametrize("flag", [[], ["--access-log"]], ids=["default", "access-log"])
+def test_serve_logs_each_http_request_only_when_asked(tmp_path: Path, flag: list[str]) -> None:
+    import httpx
+
+    from tests.app_support import APP_ID, SECRET, free_port, rsa_keys, wait_for
+
+    env = {key: value for key, value in os.environ.items() if not key.startswith("MENDBOT_")}
+    env.update(
+        MENDBOT_APP_ID=APP_ID,
+        MENDBOT_PRIVATE_KEY=rsa_keys()[0],
+        MENDBOT_WEBHOOK_SECRET=SECRET,
+        MENDBOT_GITHUB_API_URL="http://127.0.0.1:9",
+        MENDBOT_DATABASE_URL=f"sqlite:///{tmp_path / 'state.db'}",
+    )
+    port = free_port()
+    log = tmp_path / "serve.log"
+    with log.open("wb") as sink:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "bot.cli", "serve", "--port", str(port), *flag], env=env, stdout=sink, stderr=sink
+        )
+        try:
+
+            def healthy() -> bool:
+                try:
+                    return httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200
+                except httpx.HTTPError:
+                    assert process.poll() is None, log.read_text()
+                    return False
+
+            wait_for(healthy, 30, "mendbot serve to start")
+        finally:
+            process.terminate()
+            process.wait(timeout=30)
+    logged = log.read_text()
+    assert "Uvicorn running" in logged
+    assert ('"GET /healthz HTTP/1.1" 200' in logged) == bool(flag)

@@ -13,11 +13,19 @@ from pathlib import Path
 
 import pytest
 
-from bot.core.excerpt import VERDICT_SCORE, Excerpter, PassingIndex, excerpt_lines, line_score
+from bot.core.excerpt import (
+    CONTEXT_LINE_CAP,
+    VERDICT_SCORE,
+    Excerpter,
+    PassingIndex,
+    _shorten_middle,
+    excerpt_lines,
+    line_score,
+)
 from bot.core.logs import LogLine, lines_from_text, read_log
 from bot.core.metric import quote_matches
 from bot.core.models import Excerpt
-from bot.core.redact import contains_secret
+from bot.core.redact import PLACEHOLDER_RE, contains_secret
 
 FIXTURES = Path(__file__).parent / "fixtures" / "logs"
 TS = "2024-05-01T10:00:00.0000000Z "
@@ -442,7 +450,22 @@ def test_stack_frames_are_shown_shorter_than_the_line_they_explain() -> None:
     shown = {line.number: line.text for line in excerpt.lines}
     assert shown[1] == anchor
     assert len(shown) == 31
-    assert all(len(shown[n].encode()) <= 120 and shown[n].endswith("…") for n in range(2, 32))
+    assert all(len(shown[n].encode()) <= CONTEXT_LINE_CAP and "…" in shown[n] for n in range(2, 32))
+    assert all(quote_matches(shown[n], frames[n - 2]) for n in range(2, 32))
+
+
+def test_a_shortened_frame_keeps_its_file_and_line_and_no_piece_of_a_placeholder() -> None:
+    frame = "        at org.apache.maven.lifecycle.internal.LifecycleModuleBuilder.buildProject"
+    frame += " (LifecycleModuleBuilder.java:117)"
+    shown = _shorten_middle(frame, CONTEXT_LINE_CAP)
+    assert len(shown.encode()) <= CONTEXT_LINE_CAP
+    assert shown.startswith("        at org.apache.maven") and shown.endswith("(LifecycleModuleBuilder.java:117)")
+    secret = "  with token [REDACTED:github_token] " + "x" * 40 + " [REDACTED:password] (Client.java:12)"
+    for cap in range(30, len(secret)):
+        cut = _shorten_middle(secret, cap)
+        assert len(cut.encode()) <= cap
+        # Every "[REDACTED" is whole, and no "]" shows without its opening.
+        assert cut.count("[REDACTED") == cut.count("]") == len(PLACEHOLDER_RE.findall(cut))
 
 
 def test_the_exit_line_that_names_the_failing_command_is_shown() -> None:

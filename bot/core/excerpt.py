@@ -11,15 +11,16 @@ from dataclasses import dataclass, field, replace
 
 from bot.core.logs import LogLine
 from bot.core.models import Excerpt, ExcerptBlock, ExcerptLine
-from bot.core.redact import Base64KeyBlock, placeholder, redact_head, redact_text
+from bot.core.redact import PLACEHOLDER_RE, Base64KeyBlock, placeholder, redact_head, redact_text
 
 DEFAULT_BUDGET = 4096
 # A long line is shortened so one minified bundle or JSON blob cannot eat the budget.
 LINE_CAP = 300
 # A line is kept at most this long between reading and packing: a job may hold thousands of 16 KB lines.
 KEPT_LINE_BYTES = 2 * LINE_CAP
-# An indented line under the anchor (a stack frame, a detail) is shown shorter, so more of them fit.
-CONTEXT_LINE_CAP = 120
+# An indented line under the anchor (a stack frame, a detail) is shown shorter, its middle taken out, so more
+# of them fit and each keeps its file and line.
+CONTEXT_LINE_CAP = 100
 CONTEXT_BEFORE = 3
 # A build that names its reason (`Failing due to -Werror.`) printed the details of that reason above it.
 DECISIVE_CONTEXT = 8
@@ -609,6 +610,22 @@ def _shorten(text: str, cap: int) -> str:
     return cut + "…" if cut else ""
 
 
+def _shorten_middle(text: str, cap: int) -> str:
+    """Cut text to at most `cap` UTF-8 bytes by taking out its middle: a stack frame names its file and line
+    at the end (`at Foo.bar (Foo.java:42)`), which the source lookup and the reader both need."""
+    data = text.encode("utf-8")
+    if len(data) <= cap:
+        return text
+    tail_bytes = (cap - len("…".encode())) * 2 // 5
+    cut = len(data) - tail_bytes
+    for secret in PLACEHOLDER_RE.finditer(text):
+        start, end = len(text[: secret.start()].encode("utf-8")), len(text[: secret.end()].encode("utf-8"))
+        if start < cut < end:
+            cut = end  # never begin the tail inside a placeholder, which would read as log text
+    tail = data[cut:].decode("utf-8", errors="ignore")
+    return _shorten(text, cap - len(tail.encode("utf-8"))) + tail
+
+
 def _cost(text: str) -> int:
     return len(text.encode("utf-8")) + 1
 
@@ -633,7 +650,7 @@ def _pack(regions: list[_Region], budget: int, total: int, job_order: dict[str, 
             # Redact before measuring, so the budget holds for the text that actually leaves.
             clean = redact_text(line.text)
             frame = line.number != region.anchor and line.text[:1].isspace()
-            text = _shorten(clean, CONTEXT_LINE_CAP if frame else LINE_CAP)
+            text = _shorten_middle(clean, CONTEXT_LINE_CAP) if frame else _shorten(clean, LINE_CAP)
             cost = _cost(text)
             if used + cost > budget:
                 room = budget - used - 1

@@ -282,8 +282,8 @@ def main(argv: list[str] | None = None) -> int:
             (BARE, [sys.executable, "-c", _BARE_SERVER, "{port}"], dict(os.environ), None, None),
             (SERVE, [sys.executable, "-m", "bot.cli", "serve", "--port", "{port}"], mendbot_env(tmp / "serve"),
              None, tmp / "serve"),
-            (SPLIT, [sys.executable, "-m", "uvicorn", "app:app", "--port", "{port}"], mendbot_env(tmp / "split"),
-             [sys.executable, "-m", "bot.cli", "worker"], tmp / "split"),
+            (SPLIT, [sys.executable, "-m", "uvicorn", "app:app", "--port", "{port}", "--no-access-log"],
+             mendbot_env(tmp / "split"), [sys.executable, "-m", "bot.cli", "worker"], tmp / "split"),
         )
         accepted = on_disk = 0
         for name, command, env, worker, data in servers:

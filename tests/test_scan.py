@@ -419,3 +419,37 @@ def test_a_command_that_passed_hands_the_focus_back_across_chunks(monkeypatch: p
     for budget in (200, 4096):
         excerpt = assert_same(data, budget)
     assert {line.number for line in excerpt.lines} >= {*range(2, 122), 122, 123}
+
+
+@pytest.mark.parametrize("chunk", [700, 2048, 1 << 20])
+def test_exit_windows_read_late_are_the_lines_before_each_marker(monkeypatch: pytest.MonkeyPatch, chunk: int) -> None:
+    # More exits than Excerpter._keep holds, each after skipped output of its own, across small chunks: the
+    # sparse path reads an exit's window only for a region still kept when pruning could reach it, and must
+    # read the lines that were before that marker, not those after it. Some steps print only noise, so
+    # their window falls back. The errors at the end push the last exit out of the kept regions, but it is
+    # still the exit whose last lines the excerpt shows first.
+    monkeypatch.setattr(scan, "CHUNK_BYTES", chunk)
+    body: list[str] = []
+    for step in range(3 * rules.MAX_REGIONS):
+        body += [f"{TS}##[group]Run ./check part{step}", f"{TS}##[endgroup]"]
+        if step % 7 == 5:
+            body += [f"{TS}tests/test_part.py::test_{step} PASSED"]
+        else:
+            body += [f"{TS}checking {letters(step)} piece {letters(n)}" for n in range(3 + step % 4)]
+        body += [f"{TS}##[error]Process completed with exit code {1 + step % 3}."]
+        if step % 2:
+            body += [f"{TS}checking {letters(step)} again"]
+    tail = [f"{TS}##[group]Run ./cleanup"]
+    for n in range(3 * rules.MAX_REGIONS):
+        tail += [f"{TS}error: cleanup of {letters(n)} refused", *filler(3, n)]
+    for budget in (4096, 65536):
+        excerpt = assert_same(log(*body), budget)
+        shown = {line.text for line in excerpt.lines}
+        assert f"checking {letters(3 * rules.MAX_REGIONS - 1)} piece a" in shown
+        assert_same(log(*body, *tail), budget)
+    assert "checking a piece a" in shown
+
+
+def letters(number: int) -> str:
+    """A number spelt in letters, so that lines differing in it are no storm of one message."""
+    return "".join(chr(ord("a") + int(digit)) for digit in str(number))

@@ -201,6 +201,15 @@ def is_noise(text: str) -> bool:
     return bool(words & _DECOY_WORDS) and line_score(text) == 0.0
 
 
+def exit_window(recent: list[LogLine], marker: LogLine) -> list[LogLine]:
+    """Of the lines before an exit marker, those that show why its command failed."""
+    window = [old for old in recent if old.job == marker.job and old.step == marker.step]
+    if not window:
+        window = [old for old in recent if old.job == marker.job]
+    # Passing-test lines just before the exit say nothing about why it failed.
+    return [old for old in window if not is_noise(old.text)]
+
+
 def is_exit_marker(line: LogLine) -> bool:
     """True for lines that only say the command failed, such as `Process completed with exit code 1`."""
     return bool(_EXIT_MARKERS.match(line.text)) or any(phrase in line.text for phrase in _EXIT_PHRASES)
@@ -439,22 +448,22 @@ class Excerpter:
             self._keep(self._open)
             self._open = None
 
+    def _exit_lines(self, marker: LogLine) -> list[LogLine]:
+        """The lines an exit marker's region shows, or none when no output of the failing command is left."""
+        window = exit_window(self._recent_lines(EXIT_WINDOW), marker)
+        # The marker itself names the command that failed (`The command "make" exited with 2.`).
+        return [*window, marker] if window else []
+
     def _add_exit_window(self, marker: LogLine) -> None:
-        recent = self._recent_lines(EXIT_WINDOW)
-        window = [old for old in recent if old.job == marker.job and old.step == marker.step]
-        if not window:
-            window = [old for old in recent if old.job == marker.job]
-        # Passing-test lines just before the exit say nothing about why it failed.
-        window = [old for old in window if not is_noise(old.text)]
+        lines = self._exit_lines(marker)
         if marker.text.startswith(_RUNNER_EXIT):
             self._runner_exits.append((marker.job, marker.step))
         verdict = marker.text.startswith(_JOB_VERDICTS)
         self._segment_regions = 0
-        if not window:
+        if not lines:
             return
-        # The marker itself names the command that failed (`The command "make" exited with 2.`).
         region = _Region(
-            lines=[*window, marker],
+            lines=lines,
             anchor=marker.number,
             weight=1.0 if verdict else 2.5,
             kind="exit",

@@ -21,7 +21,7 @@ from functools import cache
 from typing import Any, BinaryIO
 
 from bot.core import excerpt as rules
-from bot.core.excerpt import DEFAULT_BUDGET, FILL_LINES, Excerpter, PassingIndex
+from bot.core.excerpt import DEFAULT_BUDGET, EXIT_WINDOW, FILL_LINES, Excerpter, PassingIndex
 from bot.core.logs import (
     MAX_LINE_BYTES,
     LogError,
@@ -33,6 +33,7 @@ from bot.core.logs import (
     read_log,
     read_raw_lines,
 )
+from bot.core.models import Excerpt
 from bot.core.redact import MIN_BASE64_RUN
 
 # Lines are read in pieces of about this size, each ending at a newline: big enough that the per-piece
@@ -213,6 +214,13 @@ class _Skipped:
                 self.parsed.append(rules._kept(line))
         return self.parsed[:count]
 
+    def newest_first(self) -> Iterator[LogLine]:
+        """The non-empty lines of the run, newest first, each parsed only when asked for."""
+        taken = 0
+        while len(self.newest(taken + 1)) > taken:
+            yield self.parsed[taken]
+            taken += 1
+
 
 class SparseExcerpter(Excerpter):
     """An Excerpter fed only the lines that matter, told of the others as runs it can read back."""
@@ -224,6 +232,7 @@ class SparseExcerpter(Excerpter):
         self._dropped = 0
         self._feeding = False
         self._pending: list[_LazyHistory] = []
+        self._pending_windows: list[_LazyWindow] = []
         # The names of the failed tests awaiting a rerun, encoded, until a test result is tracked again.
         self._test_names: list[bytes] | None = None
 
@@ -325,8 +334,30 @@ class SparseExcerpter(Excerpter):
         found.reverse()
         return found
 
+    def _newest_first(self) -> Iterator[LogLine]:
+        """The non-empty lines fed or skipped so far, newest first, parsed as they are read."""
+        for index in range(len(self._timeline) - 1, -1, -1):
+            entry = self._timeline[index]
+            if isinstance(entry, _Skipped):
+                yield from entry.newest_first()
+            else:
+                yield entry
+
     def _recent_lines(self, count: int) -> list[LogLine]:
         return self._newest(count)
+
+    def _exit_lines(self, marker: LogLine) -> list[LogLine]:
+        # Most exit regions are pruned unread (Excerpter._keep), and reading a window means parsing skipped
+        # lines. A line of the marker's own step that is no noise proves the window is not empty; the rest
+        # of it is read only if the region is still kept when pruning could reach its lines.
+        recent = itertools.islice(self._newest_first(), EXIT_WINDOW)
+        if not any(
+            line.job == marker.job and line.step == marker.step and not rules.is_noise(line.text) for line in recent
+        ):
+            return super()._exit_lines(marker)
+        window = _LazyWindow(self, self._dropped + len(self._timeline), marker)
+        self._pending_windows.append(window)
+        return window.lines
 
     def _history_lines(self) -> Iterable[LogLine]:
         if not self._feeding:
@@ -337,13 +368,26 @@ class SparseExcerpter(Excerpter):
         self._pending.append(lazy)
         return lazy
 
-    def prune(self) -> None:
-        """Drop what no window can read any more: everything before the newest FILL_LINES lines."""
+    def _resolve_pending(self) -> None:
+        """Read the windows and histories still wanted, while the timeline holds their lines."""
         remembered = {id(history) for _, history in self._exits}
         for lazy in self._pending:
             if id(lazy) in remembered:
                 lazy.resolve()
         self._pending.clear()
+        kept = {id(region.lines) for region in self._regions} | {id(region.lines) for region, _ in self._exits}
+        for window in self._pending_windows:
+            if id(window.lines) in kept:
+                window.resolve()
+        self._pending_windows.clear()
+
+    def finish(self) -> Excerpt:
+        self._resolve_pending()
+        return super().finish()
+
+    def prune(self) -> None:
+        """Drop what no window can read any more: everything before the newest FILL_LINES lines."""
+        self._resolve_pending()
         keep = FILL_LINES
         index = len(self._timeline)
         while keep > 0 and index > 0:
@@ -372,6 +416,21 @@ class _LazyHistory:
 
     def __iter__(self) -> Iterator[LogLine]:
         return iter(self.resolve())
+
+
+class _LazyWindow:
+    """The lines of an exit marker's region: the marker alone until resolved, then the window before it too.
+
+    The region holds `lines` itself, so resolving fills that very list in.
+    """
+
+    def __init__(self, owner: SparseExcerpter, end: int, marker: LogLine) -> None:
+        self._owner, self._end, self._marker = owner, end, marker
+        self.lines = [marker]
+
+    def resolve(self) -> None:
+        recent = self._owner._newest(EXIT_WINDOW, self._end)
+        self.lines[:-1] = rules.exit_window(recent, self._marker)
 
 
 def _chunks(stream: BinaryIO, size: int, max_line_bytes: int) -> Iterator[bytes]:

@@ -20,11 +20,13 @@ from bot.core.logs import (
     _CappedReader,
     _new_line,
     clean,
+    iter_zip_jobs,
     iter_zip_lines,
     lines_from_text,
     open_zip_entry,
     parse_lines,
     read_log,
+    zip_entry_count,
 )
 
 FIXTURES = Path(__file__).parent / "fixtures" / "logs"
@@ -325,3 +327,27 @@ def test_lines_printed_in_red_are_marked(raw: str, red: bool) -> None:
     [line] = lines_from_text(raw)
     assert line.red is red
     assert "\x1b" not in line.text
+
+
+def test_a_zip_listing_more_entries_than_the_cap_is_refused_before_it_is_read() -> None:
+    archive = make_zip({f"job{n}/{n}_step.txt": b"ok\n" for n in range(30)})
+    assert zip_entry_count(archive) == 30
+    assert archive.tell() == 0
+    with pytest.raises(LogError, match="30 entries, over the 20-entry cap"):
+        list(iter_zip_jobs(archive, max_entries=20))
+    assert len(list(iter_zip_jobs(archive, max_entries=30))) == 30
+
+
+def test_the_entry_count_of_a_zip64_archive_is_read_from_its_zip64_record() -> None:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as writer:
+        for n in range(70_000):  # past 65,535, where only the zip64 record can hold the count
+            writer.writestr(f"{n}.txt", b"")
+    buffer.seek(0)
+    assert zip_entry_count(buffer) == 70_000
+    with pytest.raises(LogError, match="70000 entries"):
+        next(iter_zip_jobs(buffer))
+
+
+def test_a_zip_without_an_end_record_has_no_count() -> None:
+    assert zip_entry_count(io.BytesIO(b"PK\x03\x04 truncated")) is None

@@ -16,6 +16,9 @@ MAX_LINE_BYTES = 16 * 1024
 MAX_ZIP_ENTRY_BYTES = 100 * 1024 * 1024
 MAX_ZIP_TOTAL_BYTES = 512 * 1024 * 1024
 MAX_ZIP_RATIO = 200
+# A run's logs hold a file per job and per step: a 256-job matrix of 50-step jobs stays well under this. The
+# count is read before zipfile builds an object per entry, since a 100 MB archive can list a million.
+MAX_ZIP_ENTRIES = 50_000
 
 # Red text, as most test runners and compilers print their errors: SGR 31 or 91 (bright), alone or among other
 # attributes, followed by something visible on the line.
@@ -290,12 +293,17 @@ def iter_zip_lines(stream: BinaryIO, max_total_bytes: int = MAX_ZIP_TOTAL_BYTES)
 ZipParts = Iterator[tuple[str, BinaryIO]]
 
 
-def iter_zip_jobs(stream: BinaryIO, max_total_bytes: int = MAX_ZIP_TOTAL_BYTES) -> Iterator[tuple[str, ZipParts]]:
+def iter_zip_jobs(
+    stream: BinaryIO, max_total_bytes: int = MAX_ZIP_TOTAL_BYTES, max_entries: int = MAX_ZIP_ENTRIES
+) -> Iterator[tuple[str, ZipParts]]:
     """Yield each job of a run-logs archive, in the runner's order, with its (step, capped byte stream) parts.
 
     A job's parts are opened one at a time as they are read, so each is checked against the caps; read them
     before asking for the next job.
     """
+    listed = zip_entry_count(stream)
+    if listed is not None and listed > max_entries:
+        raise LogError(f"archive lists {listed} entries, over the {max_entries}-entry cap")
     try:
         archive = zipfile.ZipFile(stream)
     except zipfile.BadZipFile as exc:
@@ -306,6 +314,36 @@ def iter_zip_jobs(stream: BinaryIO, max_total_bytes: int = MAX_ZIP_TOTAL_BYTES) 
             raise LogError(f"archive expands to {total} bytes, over the {max_total_bytes}-byte cap")
         for job in list_zip_jobs(archive):
             yield job.name, ((step, open_zip_entry(archive, entry)) for step, entry in job.entries)
+
+
+_END_OF_DIRECTORY = b"PK\x05\x06"
+_ZIP64_LOCATOR = b"PK\x06\x07"
+_ZIP64_END = b"PK\x06\x06"
+
+
+def zip_entry_count(stream: BinaryIO) -> int | None:
+    """The number of entries a zip's end-of-directory record states, or None where there is no such record.
+
+    Read from the archive's tail, so a huge listing is refused before anything is built from it.
+    """
+    start = stream.tell()
+    size = stream.seek(0, io.SEEK_END)
+    tail_start = max(size - (0xFFFF + 22), 0)  # the record ends the file, after a comment of at most 64 KiB
+    stream.seek(tail_start)
+    tail = stream.read()
+    stream.seek(start)
+    at = tail.rfind(_END_OF_DIRECTORY)
+    if at < 0 or len(tail) - at < 22:
+        return None
+    count = int.from_bytes(tail[at + 10 : at + 12], "little")
+    locator = tail[at - 20 : at] if at >= 20 else b""
+    if count == 0xFFFF and locator[:4] == _ZIP64_LOCATOR:
+        stream.seek(int.from_bytes(locator[8:16], "little"))
+        record = stream.read(56)
+        stream.seek(start)
+        if record[:4] == _ZIP64_END and len(record) == 56:
+            count = int.from_bytes(record[32:40], "little")
+    return count
 
 
 def is_zip(stream: BinaryIO) -> bool:

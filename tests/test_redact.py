@@ -293,6 +293,22 @@ def test_an_ampersand_that_separates_parameters_or_commands_ends_the_value(line:
     assert redact_text(line) == expected
 
 
+# "," and ";" follow the same rule: a separator before a space, the end or the next "name=", else the secret's.
+@pytest.mark.parametrize(
+    ("line", "expected"),
+    [
+        ("PASSWORD=hunter2,x", "PASSWORD=[REDACTED:password]"),
+        ("export API_TOKEN=s3cr3t;value,more done", "export API_TOKEN=[REDACTED:token] done"),
+        ("Server=db;Password=sec;ret;Database=app", "Server=db;Password=[REDACTED:password];Database=app"),
+        ("password=s3cr3tvalue, user=bob", "password=[REDACTED:password], user=bob"),
+        ("token=s3cr3tvalue;", "token=[REDACTED:token];"),
+        ('{"password=s3cr3t,1","next"}', '{"password=[REDACTED:password]","next"}'),
+    ],
+)
+def test_a_comma_or_semicolon_inside_a_value_is_part_of_the_secret(line: str, expected: str) -> None:
+    assert redact_text(line) == expected
+
+
 def test_redact_head_sees_an_escaped_secret_the_cut_crosses() -> None:
     line = "x" * 590 + "?token%3D" + SECRETS["opaque"] + "%26b%3D2 " + "y" * 3_000
 

@@ -66,6 +66,9 @@ _ASSIGNMENT_KEYS = (
 # HTML entity (&amp;). Anywhere else it is part of the secret (Password=Tr0ub4dor&3): leaking the tail of a
 # password is worse than hiding a parameter that had no "=". Patterns using it run on lowercased text.
 _AMPERSAND_ENDS_VALUE = r"&(?=[a-z0-9_.\-\[\]%]*=|[\s&>]|$|(?:amp|quot|apos|lt|gt|#[0-9]+|#x[0-9a-f]+);)"
+# The same for "," and ";": they end a bare value before a space, another separator, the end, or the next
+# "name=" (Server=x;Password=y;Database=z), and are part of the secret anywhere else (hunter2,x).
+_SEPARATOR_ENDS_VALUE = r"[,;](?=[a-z0-9_.\-\[\]%]*=|[\s,;&\"']|$)"
 # A quoted value runs to its closing quote (spaces included); a bare one ends at a space, quote or separator
 # and does not start with ":", which is prose ("Forgot password::reset") rather than an assignment.
 _VALUE = (
@@ -73,7 +76,8 @@ _VALUE = (
     rf"(?<=\\\")[^\"\\]{{1,{MAX_QUOTED_VALUE}}}(?=\\\")"
     rf"|(?<=\")[^\"]{{1,{MAX_QUOTED_VALUE}}}(?=\")"
     rf"|(?<=')[^']{{1,{MAX_QUOTED_VALUE}}}(?=')"
-    rf"|[^\s\"'\\,;&:][^\s\"'\\,;&]*(?:(?!{_AMPERSAND_ENDS_VALUE})&[^\s\"'\\,;&]*)*)"
+    rf"|[^\s\"'\\,;&:][^\s\"'\\,;&]*"
+    rf"(?:(?!{_AMPERSAND_ENDS_VALUE}|{_SEPARATOR_ENDS_VALUE})[&,;][^\s\"'\\,;&]*)*)"
 )
 
 # Order matters only for ties: when two rules match the same span, the earlier kind names it.

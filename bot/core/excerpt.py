@@ -312,10 +312,7 @@ class Excerpter:
     def feed(self, line: LogLine, plain: bool = False) -> None:
         """Take the next line. `plain` promises that it holds none of the words, phrases, exit markers or test
         verdicts the checks below look for (bot.core.scan proves it in bulk), so it scores 0 unread."""
-        self._total = line.number
-        self._characters += len(line.text)
-        self._undecodable += line.text.count("\ufffd")
-        self._job_order.setdefault(line.job, len(self._job_order))
+        self._count_read(line)
         shown = self._hide_key_block(line)
         # A hidden key's placeholder was not in the bytes the scan read.
         plain, line = plain and shown is line, shown
@@ -360,6 +357,13 @@ class Excerpter:
         if self._teardown:
             score *= 0.4
         self._place(line, kept, score)
+
+    def _count_read(self, line: LogLine) -> None:
+        """What every line read adds up to: the line count, the share of undecodable text, the job order."""
+        self._total = line.number
+        self._characters += len(line.text)
+        self._undecodable += line.text.count("\ufffd")
+        self._job_order.setdefault(line.job, len(self._job_order))
 
     def _count_shown(self, text: str) -> bool:
         """Advance the count that measures a region's open window; False for a blank line.

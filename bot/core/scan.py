@@ -269,10 +269,7 @@ class SparseExcerpter(Excerpter):
             )
             index += 1
             text = line.text
-            self._total = line.number
-            self._characters += len(text)
-            self._undecodable += text.count("\ufffd")
-            self._job_order.setdefault(line.job, len(self._job_order))
+            self._count_read(line)
             keys._carry = keys._tail = ""
             if line.step and rules._TEARDOWN_STEP.match(line.step):
                 self._teardown = True

@@ -46,23 +46,22 @@ class Router(Generic[C]):
 
         return register
 
-    def handlers_for(self, event: str, action: str | None) -> list[Handler[C]]:
+    def _matching(self, event: str, action: str | None) -> list[tuple[Handler[C], Wants]]:
         return [
-            handler
-            for name, wanted, handler, _ in self._routes
+            (handler, wants)
+            for name, wanted, handler, wants in self._routes
             if name == event and wanted in (ANY_ACTION, action)
         ]
 
+    def handlers_for(self, event: str, action: str | None) -> list[Handler[C]]:
+        return [handler for handler, _ in self._matching(event, action)]
+
     def handles(self, event: str, action: str | None) -> bool:
-        return bool(self.handlers_for(event, action))
+        return bool(self._matching(event, action))
 
     def wants(self, event: Event) -> bool:
         """Whether some handler may have work for this event, judged from its payload alone (no I/O)."""
-        return any(
-            wants(event)
-            for name, wanted, _, wants in self._routes
-            if name == event.name and wanted in (ANY_ACTION, event.action)
-        )
+        return any(wants(event) for _, wants in self._matching(event.name, event.action))
 
     def dispatch(self, event: Event, context: C) -> Outcome:
         """Run every matching handler in registration order; DONE if any of them did work."""
